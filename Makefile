@@ -1,0 +1,42 @@
+# Learning Arc: `make demo` and `make test` are the two commands. Both create .venv on first use
+# (installing the exact versions in constraints.txt) and reuse it afterwards.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Contributors keep the offline datasets in ../shared/datasets; users download on first use
+# or point ARC_DATA_DIR at their own copies. An ARC_DATA_DIR set by the caller always wins.
+ifeq ($(origin ARC_DATA_DIR), undefined)
+ifneq ($(wildcard ../shared/datasets),)
+export ARC_DATA_DIR := $(abspath ../shared/datasets)
+endif
+endif
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) 01-foundations/mlp_numpy.py
+
+# pytest exits 5 when it collected no tests: that is a broken suite, never a pass.
+test: $(STAMP)
+	@$(PY) -m pytest -n auto $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite's setup is broken" >&2; fi; \
+	exit $$rc
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check data tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/mlp_epoch.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

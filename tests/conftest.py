@@ -1,0 +1,37 @@
+"""Shared test helpers: import a script by its path (topic folders start with digits)."""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+# `pytest -n auto` runs one worker per core. Each worker's BLAS, OpenMP and XLA thread pools must
+# then use one thread: several multi-threaded processes on two cores busy-wait against each other
+# and run tens of times slower. (Set before numpy, torch or jax is first imported.)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    assert "numpy" not in sys.modules, "numpy was imported before conftest could limit its threads"
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def import_script(relpath: str):
+    """Import ``relpath`` (for example "01-foundations/mlp_numpy.py") as a module, once per process."""
+    path = ROOT / relpath
+    name = "arc_" + path.stem + "_" + path.parent.name.replace("-", "_")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """The ``import_script`` function as a fixture: ``mlp = load_script("01-foundations/mlp_numpy.py")``."""
+    return import_script
