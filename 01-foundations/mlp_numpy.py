@@ -324,7 +324,7 @@ def main(argv=None) -> dict:
         "cv_acc_mean": float(np.mean(cv_acc)) if cv_acc else None,
         "cv_acc_std": float(np.std(cv_acc, ddof=1)) if cv_acc else None,
         "final_train_loss": final["train_loss"][-1], "final_train_acc": final["train_acc"][-1],
-        "sec_per_epoch": float(np.mean(final["epoch_s"])),
+        "sec_per_epoch": float(np.median(final["epoch_s"])),  # median: robust to a first-epoch compile or a hiccup
         "config": {**vars(args), "sizes": sizes, "n_train": len(Xtr), "n_test": len(Xte)},
         "history": {"folds": fold_hists, "final": final},
     }

@@ -3,8 +3,10 @@
 Times each script's own `train_epoch` (not a copy of it) on the same data, architecture, batch
 size and minibatch order: full Fashion-MNIST training split (60,000 images), 784-256-128-10,
 batch 128, SGD lr 0.1, float32. Each framework gets one untimed warm-up epoch (JAX compiles its
-step there), then `--repeats` timed epochs; the median is reported. Frameworks run one after the
-other, never at the same time (on two cores, concurrent thread pools slow each other many-fold).
+step there); then `--repeats` rounds each time one epoch of every framework in turn, and the
+median per framework is reported (with the minimum: on a shared machine the spread is real).
+Frameworks never run at the same time (on two cores, concurrent thread pools slow each other
+many-fold).
 
     python benchmarks/mlp_epoch.py [--repeats 5] [--batch-size 128]
 """
@@ -31,25 +33,15 @@ def import_script(relpath):
     return module
 
 
-def time_epochs(run_epoch, repeats):
-    """Median wall-clock seconds of `run_epoch()` over `repeats` calls, after one warm-up call."""
-    run_epoch()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run_epoch()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
-def bench_numpy(X, y, sizes, batch_size, lr, seed, repeats):
+def numpy_epoch(X, y, sizes, batch_size, lr, seed):
+    """A closure that trains mlp_numpy's network for one epoch with the script's own train_epoch."""
     mlp = import_script("01-foundations/mlp_numpy.py")
     params = mlp.init_params(sizes, np.random.default_rng(seed))
     rng = np.random.default_rng(seed)
-    return time_epochs(lambda: mlp.train_epoch(params, X, y, batch_size, lr, rng), repeats)
+    return lambda: mlp.train_epoch(params, X, y, batch_size, lr, rng)
 
 
-def bench_jax(X, y, sizes, batch_size, lr, seed, repeats):
+def jax_epoch(X, y, sizes, batch_size, lr, seed):
     import jax
     import jax.numpy as jnp
 
@@ -58,13 +50,13 @@ def bench_jax(X, y, sizes, batch_size, lr, seed, repeats):
     Xd, yd = jnp.asarray(X), jnp.asarray(y)
     rng = np.random.default_rng(seed)
 
-    def run_epoch():  # train_epoch returns only after reading the epoch's losses back: timing is complete
+    def run_epoch():  # train_epoch returns after reading the epoch's losses back: the timing is complete
         state["params"], _, _ = mlp.train_epoch(state["params"], Xd, yd, batch_size, lr, rng)
 
-    return time_epochs(run_epoch, repeats)
+    return run_epoch
 
 
-def bench_torch(X, y, sizes, batch_size, lr, seed, repeats):
+def torch_epoch(X, y, sizes, batch_size, lr, seed):
     import torch
 
     mlp = import_script("01-foundations/mlp_torch.py")
@@ -73,7 +65,7 @@ def bench_torch(X, y, sizes, batch_size, lr, seed, repeats):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     rng = np.random.default_rng(seed)
-    return time_epochs(lambda: mlp.train_epoch(model, opt, Xt, yt, batch_size, rng), repeats)
+    return lambda: mlp.train_epoch(model, opt, Xt, yt, batch_size, rng)
 
 
 def main(argv=None) -> dict:
@@ -95,17 +87,30 @@ def main(argv=None) -> dict:
 
     print(
         f"mlp_epoch: {' -> '.join(map(str, sizes))}, {len(X)} images, batch {args.batch_size}, float32, "
-        f"median of {args.repeats} epochs after 1 warm-up"
+        f"median of {args.repeats} rounds after 1 warm-up"
     )
     print(
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
         f"numpy {np.__version__}, jax {jax.__version__}, torch {torch.__version__}"
     )
-    results = {}
-    for name, bench in [("numpy", bench_numpy), ("jax", bench_jax), ("torch", bench_torch)]:
-        median, times = bench(X, y, sizes, args.batch_size, args.lr, args.seed, args.repeats)
-        results[name] = {"sec_per_epoch": median, "times": times}
-        print(f"  {name:6s} {median:.3f} s/epoch   (runs: {', '.join(f'{t:.3f}' for t in times)})", flush=True)
+    epochs = {
+        name: make(X, y, sizes, args.batch_size, args.lr, args.seed)
+        for name, make in [("numpy", numpy_epoch), ("jax", jax_epoch), ("torch", torch_epoch)]
+    }
+    for run_epoch in epochs.values():  # warm-up: JAX compiles its step, caches and allocators fill
+        run_epoch()
+    times = {name: [] for name in epochs}
+    for _ in range(args.repeats):  # rounds: a slow spell of the machine hits all three alike
+        for name, run_epoch in epochs.items():
+            t0 = time.perf_counter()
+            run_epoch()
+            times[name].append(time.perf_counter() - t0)
+    results = {name: {"sec_per_epoch": statistics.median(t), "min": min(t), "times": t} for name, t in times.items()}
+    for name, r in results.items():
+        print(
+            f"  {name:6s} {r['sec_per_epoch']:.3f} s/epoch (median; min {r['min']:.3f}; "
+            f"runs {', '.join(f'{t:.3f}' for t in r['times'])})"
+        )
     ratios = {f"{k}/torch": results[k]["sec_per_epoch"] / results["torch"]["sec_per_epoch"] for k in ("numpy", "jax")}
     print(
         f"ratios: numpy/torch {ratios['numpy/torch']:.2f} (goal <= 1.0), "

@@ -248,3 +248,14 @@ def test_bad_flags_exit_with_usage_error(load_script, script, capsys):
             main(["--smoke", *argv])
         assert exc.value.code == 2
     assert "--folds must be 0" in capsys.readouterr().err
+
+
+def test_epoch_benchmark_runs(load_script, tmp_path):
+    """benchmarks/mlp_epoch.py times the scripts' own train_epoch; a tiny run reports sane ratios."""
+    out = load_script("benchmarks/mlp_epoch.py").main(
+        ["--repeats", "1", "--n-train", "512", "--hidden", "32", "--out", str(tmp_path / "bench.json")]
+    )
+    assert set(out["results"]) == {"numpy", "jax", "torch"} and out["config"]["n_train"] == 512
+    assert all(0 < r["sec_per_epoch"] < 60 for r in out["results"].values())
+    assert set(out["ratios"]) == {"numpy/torch", "jax/torch"}
+    assert json.loads((tmp_path / "bench.json").read_text())["ratios"] == out["ratios"]
