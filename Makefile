@@ -13,7 +13,7 @@ export ARC_DATA_DIR := $(abspath ../shared/datasets)
 endif
 endif
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv data demo test lint bench clean
 
 venv: $(STAMP)
 
@@ -22,11 +22,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Datasets: found locally ($$ARC_DATA_DIR, data/cache) or downloaded once, with checksums, so that
+# the tests themselves never touch the network.
+data: $(STAMP)
+	$(PY) -m data
+
+demo: data
 	$(PY) 01-foundations/mlp_numpy.py
 
 # pytest exits 5 when it collected no tests: that is a broken suite, never a pass.
-test: $(STAMP)
+test: data
 	@$(PY) -m pytest -n auto $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite's setup is broken" >&2; fi; \
 	exit $$rc

@@ -50,11 +50,9 @@ def fashion_mnist(split: str = "train", data_dir=None) -> tuple[np.ndarray, np.n
     with them); if not given, ``$ARC_DATA_DIR/fashion-mnist/``, then ``data/cache/fashion-mnist/``,
     then a download into that cache.
     """
-    if split not in FILES:
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    paths = files(split, data_dir)  # checks the split's name first
     n = COUNTS[split]
     urls = {kind: [m + fname for m in MIRRORS] for kind, (fname, _) in FILES[split].items()}
-    paths = {kind: fetch(NAME, fname, urls[kind], md5, data_dir) for kind, (fname, md5) in FILES[split].items()}
     images = read_idx(paths["images"], IMAGES_MAGIC, (n, 28, 28), urls["images"][0])
     labels = read_idx(paths["labels"], LABELS_MAGIC, (n,), urls["labels"][0])
     if labels.max() > 9:
@@ -64,6 +62,16 @@ def fashion_mnist(split: str = "train", data_dir=None) -> tuple[np.ndarray, np.n
             urls["labels"][0],
         )
     return images, labels.astype(np.int64)
+
+
+def files(split: str = "train", data_dir=None) -> dict:
+    """The paths of a split's two files, {"images": Path, "labels": Path}, downloaded if need be."""
+    if split not in FILES:
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    return {
+        kind: fetch(NAME, fname, [m + fname for m in MIRRORS], md5, data_dir)
+        for kind, (fname, md5) in FILES[split].items()
+    }
 
 
 def read_idx(path, magic: int, shape: tuple[int, ...], url: str = "") -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -35,3 +36,29 @@ def import_script(relpath: str):
 def load_script():
     """The ``import_script`` function as a fixture: ``mlp = load_script("01-foundations/mlp_numpy.py")``."""
     return import_script
+
+
+LOCAL_HOSTS = {None, "127.0.0.1", "::1", "localhost"}
+
+
+@pytest.fixture(autouse=True)
+def no_internet(monkeypatch):
+    """Tests never touch the internet: looking up or connecting to any host but this machine fails at once.
+
+    Datasets come from $ARC_DATA_DIR or data/cache (`make data` fills it); download tests use a
+    local HTTP server.
+    """
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in LOCAL_HOSTS:
+            raise socket.gaierror(f"tests must not use the network (looked up {host!r})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOCAL_HOSTS:
+            raise ConnectionRefusedError(f"tests must not use the network (connected to {address!r})")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)

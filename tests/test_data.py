@@ -106,18 +106,19 @@ class LocalServer:
 
 
 @pytest.fixture(scope="module")
-def shared_dir() -> Path:
-    """The offline Fashion-MNIST folder under $ARC_DATA_DIR; a missing one fails, never skips."""
-    if not os.environ.get("ARC_DATA_DIR"):
-        pytest.fail("ARC_DATA_DIR is not set: point it at ../shared/datasets (CI does)")
-    path = Path(os.environ["ARC_DATA_DIR"]).resolve() / fm.NAME
-    if not path.is_dir():
-        pytest.fail(f"ARC_DATA_DIR holds no {fm.NAME}/ folder: {path}")
+def real_dir() -> Path:
+    """The folder with the real Fashion-MNIST files: $ARC_DATA_DIR/fashion-mnist/ (CI: ../shared/datasets)
+    or, without ARC_DATA_DIR, the download cache that `make data` fills. Missing files fail, never skip."""
+    root = Path(os.environ["ARC_DATA_DIR"]) if os.environ.get("ARC_DATA_DIR") else data.files.CACHE_DIR
+    path = root.resolve() / fm.NAME
+    missing = [f for split in fm.FILES.values() for f, _ in split.values() if not (path / f).is_file()]
+    if missing:
+        pytest.fail(f"no real Fashion-MNIST files {missing} in {path}: run `make data` or set ARC_DATA_DIR")
     return path
 
 
 @pytest.fixture(scope="module")
-def load_real(shared_dir, tmp_path_factory):
+def load_real(real_dir, tmp_path_factory):
     """``load_real(split)``: the split read from $ARC_DATA_DIR, at most once per module.
 
     The cache is an empty folder and the mirrors a closed port, so the arrays can only come from
@@ -128,7 +129,7 @@ def load_real(shared_dir, tmp_path_factory):
     @functools.cache
     def load(split: str):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("ARC_DATA_DIR", str(shared_dir.parent))
+            mp.setenv("ARC_DATA_DIR", str(real_dir.parent))
             redirect_downloads(mp, tmp_path_factory.mktemp("empty-cache"), closed_port_url())
             return fashion_mnist(split)
 
@@ -180,12 +181,12 @@ def test_real_train_pixels_match_readme(load_real):
 
 
 @pytest.mark.parametrize("as_root", [False, True], ids=["dataset-folder", "root-folder"])
-def test_data_dir_argument(shared_dir, offline, load_real, as_root):
+def test_data_dir_argument(real_dir, offline, load_real, as_root):
     """``data_dir`` works as the fashion-mnist/ folder itself and as a root holding it.
 
     ARC_DATA_DIR is unset and the cache empty, so only ``data_dir`` can supply the files.
     """
-    images, labels = fashion_mnist("test", data_dir=shared_dir.parent if as_root else shared_dir)
+    images, labels = fashion_mnist("test", data_dir=real_dir.parent if as_root else real_dir)
     expected_images, expected_labels = load_real("test")
     np.testing.assert_array_equal(images, expected_images)
     np.testing.assert_array_equal(labels, expected_labels)
@@ -243,12 +244,12 @@ def test_read_idx_rejects_corrupt_file(tmp_path, case):
 
 
 @pytest.mark.parametrize("case", ["truncated-download", "small-file"])
-def test_loader_rejects_corrupt_local_images(shared_dir, offline, tmp_path, monkeypatch, case):
+def test_loader_rejects_corrupt_local_images(real_dir, offline, tmp_path, monkeypatch, case):
     """Through fashion_mnist(): a half file, or a valid IDX with 3 images instead of the official
     10,000, is a DataError naming the file, its source URL and ARC_DATA_DIR with its value. The
     good copies under ARC_DATA_DIR are not used instead: data_dir comes first."""
-    monkeypatch.setenv("ARC_DATA_DIR", str(shared_dir.parent))
-    paths = copy_split(shared_dir, tmp_path / "local")
+    monkeypatch.setenv("ARC_DATA_DIR", str(real_dir.parent))
+    paths = copy_split(real_dir, tmp_path / "local")
     images = paths["images"]
     if case == "truncated-download":
         images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])
@@ -258,13 +259,13 @@ def test_loader_rejects_corrupt_local_images(shared_dir, offline, tmp_path, monk
         fashion_mnist("test", data_dir=images.parent)
     message = str(exc.value)
     assert str(images) in message and offline + images.name in message
-    assert f"ARC_DATA_DIR: {shared_dir.parent}" in message
+    assert f"ARC_DATA_DIR: {real_dir.parent}" in message
 
 
-def test_loader_rejects_label_outside_0_to_9(shared_dir, offline, tmp_path):
+def test_loader_rejects_label_outside_0_to_9(real_dir, offline, tmp_path):
     """A structurally valid label file holding a 10 is a DataError naming the label, the file, its
     source URL and ARC_DATA_DIR."""
-    paths = copy_split(shared_dir, tmp_path / "local")
+    paths = copy_split(real_dir, tmp_path / "local")
     with gzip.open(paths["labels"]) as f:
         labels = bytearray(f.read()[8:])
     labels[123] = 10
@@ -332,11 +333,11 @@ def test_download_without_network_leaves_nothing(dest):
     assert contents(dest.parent.parent) == []
 
 
-def test_fashion_mnist_downloads_then_reads_cache(shared_dir, load_real, server, tmp_path, monkeypatch):
+def test_fashion_mnist_downloads_then_reads_cache(real_dir, load_real, server, tmp_path, monkeypatch):
     """With no ARC_DATA_DIR, fashion_mnist() downloads the split into the cache, checks its md5s and
     returns the right arrays; a second call, with the server shut down, reads the cache and makes
     no request at all."""
-    served = copy_split(shared_dir, server.root)
+    served = copy_split(real_dir, server.root)
     monkeypatch.delenv("ARC_DATA_DIR", raising=False)
     redirect_downloads(monkeypatch, tmp_path / "cache", server.url)
     # The served files are the rebuilt offline copies, so pin their md5s instead of the official ones.
@@ -369,3 +370,11 @@ def test_fashion_mnist_without_network_or_files(offline, tmp_path):
     assert "t10k-images-idx3-ubyte.gz" in message
     assert offline + "t10k-images-idx3-ubyte.gz" in message and "ARC_DATA_DIR" in message
     assert contents(tmp_path / "cache") == []
+
+
+def test_tests_cannot_reach_the_internet():
+    """The autouse guard in conftest.py: a lookup of a real host fails at once, so no test can download."""
+    import urllib.request
+
+    with pytest.raises(OSError, match="must not use the network"):
+        urllib.request.urlopen("http://example.com/", timeout=5)

@@ -1,0 +1,45 @@
+"""Fetch and check the datasets: ``python -m data [fashion-mnist ...]`` (``make data``).
+
+Each dataset is resolved exactly as the loaders resolve it (``data_dir``, ``$ARC_DATA_DIR``,
+``data/cache``, else a checksummed download into ``data/cache``), then loaded once so that its
+files are validated, and the folder each file came from is printed. Run it once with the internet
+to have everything offline afterwards; ``make test`` runs it first, so tests never download.
+"""
+
+import argparse
+import sys
+
+from . import fmnist
+from .files import DataError
+
+
+def fetch_fashion_mnist(data_dir=None) -> list[str]:
+    lines = []
+    for split in ("train", "test"):
+        images, _ = fmnist.fashion_mnist(split, data_dir)
+        paths = fmnist.files(split, data_dir)
+        lines.append(f"  {split}: {len(images)} images  {paths['images'].parent}")
+    return lines
+
+
+DATASETS = {"fashion-mnist": fetch_fashion_mnist}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m data", description=__doc__.split("\n")[0])
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"datasets to fetch (default all: {', '.join(DATASETS)})")
+    p.add_argument("--data-dir", default=None, help="a folder to look in first")
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.names) - set(DATASETS))
+    if unknown:
+        p.error(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(DATASETS)}")
+    for name in args.names or DATASETS:
+        try:
+            lines = DATASETS[name](args.data_dir)
+        except DataError as exc:
+            sys.exit(f"error: {exc}")
+        print(f"{name}: ok", *lines, sep="\n")
+
+
+if __name__ == "__main__":
+    main()
