@@ -36,10 +36,10 @@ class DataError(RuntimeError):
     """A dataset file is missing, cannot be downloaded, or is not what it should be."""
 
 
-def data_error(problem: str, path: Path | str, url: str, fix: str | None = None) -> DataError:
+def data_error(problem: str, path: Path | str, url: str) -> DataError:
     """Build the one error message every loader uses: what went wrong, which file, from where."""
     arc = os.environ.get("ARC_DATA_DIR") or "<unset>"
-    fix = fix or (
+    fix = (
         "connect to the internet so the file can be downloaded, or set ARC_DATA_DIR to a folder "
         f"that holds {Path(path).parent.name}/{Path(path).name}"
     )
