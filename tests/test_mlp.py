@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from gradcheck import rel_error, torch_vjp
 
 SCRIPTS = ["01-foundations/mlp_numpy.py", "01-foundations/mlp_jax.py", "01-foundations/mlp_torch.py"]
 
@@ -29,20 +30,6 @@ def mlp_jax(load_script):
 @pytest.fixture(scope="module")
 def mlp_torch(load_script):
     return load_script("01-foundations/mlp_torch.py")
-
-
-def rel_error(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return np.abs(a - b).max() / max(np.abs(a).max() + np.abs(b).max(), 1e-12)
-
-
-def torch_vjp(fn, inputs, upstream):
-    """Output of fn(*inputs) and the gradients of sum(output * upstream) w.r.t. every input, by autograd."""
-    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in inputs]
-    out = fn(*ts)
-    grads = torch.autograd.grad(out, ts, grad_outputs=torch.as_tensor(upstream, dtype=torch.float64))
-    return out.detach().numpy(), [g.numpy() for g in grads]
 
 
 def torch_mlp_loss(params, x, y):

@@ -1,0 +1,287 @@
+"""Inverted dropout from scratch in NumPy: forward, backward with the same mask, in an MLP on Fashion-MNIST.
+
+In training, every hidden unit is kept with probability 1 - p and zeroed with probability p, afresh
+for every example and every step; the kept units are scaled up by 1 / (1 - p) (elementwise):
+
+    u ~ U[0, 1)          mask = (u >= p)          P(mask = 1) = 1 - p
+    out = h * mask / (1 - p)                      so E[out] = h (1 - p) / (1 - p) = h
+    dL/dh = dL/dout * mask / (1 - p)              the backward reuses the forward's mask
+In evaluation, out = h: the identity.
+
+Why it regularizes (UDL 9.3.3; d2l 5.6; Srivastava et al. 2014): a unit cannot rely on any particular
+other unit being present, so units cannot co-adapt (fix each other's mistakes in ways that fit only
+the training set); each must be useful on its own. And each step trains a different "thinned" network,
+one of the 2^n subnetworks that n units can form, all sharing weights: dropout trains an implicit
+ensemble of 2^n networks, and evaluation approximates the ensemble's average prediction by the full
+network (exact for one linear layer, an approximation past a nonlinearity).
+Why "inverted": the original paper multiplies by 1 - p at test time instead; scaling by 1 / (1 - p)
+at training time keeps every activation's expectation unchanged, so evaluation needs no change at all.
+Why off in evaluation: the noise is a training device; a prediction should be deterministic, and the
+full network is the (approximate) average of the thinned ones, which is what we want to predict with.
+
+The run: the 784-256-128-10 MLP, Adam lr 1e-3, on the first 5,000 training images (where a network
+this large overfits: train accuracy reaches 1 while test accuracy stalls), once without and once with
+dropout p = 0.5 after each hidden ReLU, from the same initial weights and minibatch order.
+The figure shows train and test accuracy per epoch for both, and the first-layer weights' histograms.
+
+Measured (seed 0, 30 epochs, CPU): train / test accuracy 0.914 / 0.8474 with dropout against 0.987 / 0.8489 without:
+dropout halves the train-test gap (0.07 against 0.14) and lowers the test loss (0.45 against 0.63: the plain net grows
+overconfident), but on 5,000 images it does not raise the test accuracy within 30 epochs.
+
+Reading: N. Srivastava, G. Hinton, A. Krizhevsky, I. Sutskever, R. Salakhutdinov (2014), "Dropout: A
+Simple Way to Prevent Neural Networks from Overfitting", JMLR 15, https://jmlr.org/papers/v15/srivastava14a.html;
+d2l 5.6 "Dropout", https://d2l.ai/chapter_multilayer-perceptrons/dropout.html; S. J. D. Prince,
+"Understanding Deep Learning" (2023), section 9.3.3, https://udlbook.github.io/udlbook/.
+Arc: Regularization -- dropout in NumPy.
+
+Run:  python 03-regularization/dropout_numpy.py [--p 0.5 --epochs 30 --lr 1e-3 --batch-size 128]
+      python 03-regularization/dropout_numpy.py --smoke
+Look first at `dropout_forward` / `dropout_backward`: the mask is drawn once and kept in the cache;
+then at dropout.png: the gap between train and test accuracy, with and without dropout.
+"""
+
+# %%
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from tqdm import tqdm
+
+from data import DataError, fashion_mnist, minibatches
+
+# %% [markdown]
+# ## The layer: forward beside backward
+
+
+# %%
+def check_p(p):
+    """Dropout probabilities live in [0, 1): p = 1 would drop every unit and divide by 1 - p = 0."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability p must be in [0, 1), got {p} (p = 1 would divide by 1 - p = 0)")
+
+
+def dropout_forward(h, p, training, rng):
+    """out = h * mask / (1 - p) with mask = (u >= p), u ~ U[0, 1) from rng; identity in evaluation.
+
+    The cache holds the mask, so the backward multiplies by exactly the units the forward kept.
+    """
+    check_p(p)
+    if not training:
+        return h, None
+    mask = rng.random(h.shape) >= p  # (B, D) True = kept, with probability 1 - p
+    scale = 1.0 / (1.0 - p)
+    return h * mask * np.asarray(scale, h.dtype), (mask, scale)
+
+
+def dropout_backward(dout, cache):
+    """dL/dh = dL/dout * mask / (1 - p): dropped units get no gradient; identity in evaluation."""
+    if cache is None:
+        return dout
+    mask, scale = cache
+    return dout * mask * np.asarray(scale, dout.dtype)
+
+
+# %% [markdown]
+# ## The network: Linear-ReLU-Dropout hidden layers, with a hand-written backward
+
+
+# %%
+def init_params(sizes, rng, dtype=np.float32):
+    """He initialisation: W_l ~ N(0, 2 / D_{l-1}), b_l = 0."""
+    params = {}
+    for l, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        params[f"W{l}"] = (rng.standard_normal((d_in, d_out)) * np.sqrt(2.0 / d_in)).astype(dtype)
+        params[f"b{l}"] = np.zeros(d_out, dtype)
+    return params
+
+
+def forward(params, x, p, training, rng):
+    """logits (B, 10) for x (B, 784), and per layer the cache (input, pre-activation, dropout cache)."""
+    L = len(params) // 2
+    h, caches = x, []
+    for l in range(1, L + 1):
+        h_in = h
+        z = h @ params[f"W{l}"] + params[f"b{l}"]  # (B, D_l)
+        drop_cache = None
+        if l < L:  # hidden layer: ReLU, then dropout; none on the logits
+            h, drop_cache = dropout_forward(np.maximum(z, 0), p, training, rng)
+        else:
+            h = z
+        caches.append((h_in, z, drop_cache))
+    return h, caches
+
+
+def loss_and_grads(params, x, y, p=0.0, training=False, rng=None):
+    """Mean softmax cross-entropy, the gradient of every parameter, and the logits."""
+    logits, caches = forward(params, x, p, training, rng)
+    B = len(y)
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    loss = -log_p[np.arange(B), y].mean()
+    dz = np.exp(log_p)  # dL/dlogits = (softmax - onehot) / B
+    dz[np.arange(B), y] -= 1
+    dz /= B
+    grads = {}
+    for l in range(len(caches), 0, -1):
+        h_in, z, drop_cache = caches[l - 1]
+        if l < len(caches):  # dL/dh_l -> through dropout (same mask) -> through the ReLU
+            dz = dropout_backward(dz, drop_cache) * (z > 0)
+        grads[f"W{l}"], grads[f"b{l}"] = h_in.T @ dz, dz.sum(axis=0)
+        if l > 1:
+            dz = dz @ params[f"W{l}"].T  # dL/dh_{l-1}
+    return loss, grads, logits
+
+
+class Adam:
+    """theta <- theta - lr * mhat / (sqrt(vhat) + eps), with bias-corrected moments (as adam_numpy.py)."""
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        self.lr, self.betas, self.eps, self.t = lr, betas, eps, 0
+        self.m = self.v = None
+
+    def step(self, params, grads):
+        if self.m is None:
+            self.m = {k: np.zeros_like(v) for k, v in params.items()}
+            self.v = {k: np.zeros_like(v) for k, v in params.items()}
+        self.t += 1
+        b1, b2 = self.betas
+        for k, g in grads.items():
+            self.m[k] = b1 * self.m[k] + (1 - b1) * g
+            self.v[k] = b2 * self.v[k] + (1 - b2) * g * g
+            mhat, vhat = self.m[k] / (1 - b1**self.t), self.v[k] / (1 - b2**self.t)
+            params[k] -= (self.lr * mhat / (np.sqrt(vhat) + self.eps)).astype(params[k].dtype)
+
+
+# %% [markdown]
+# ## Data, training and the figure
+
+
+# %%
+def load_data(data_dir=None, smoke=False):
+    """The first 5,000 training images (1,000 with --smoke) and the test images, standardised, float32 (N, 784)."""
+    Xtr, ytr = fashion_mnist("train", data_dir)
+    Xte, yte = fashion_mnist("test", data_dir)
+    n_train, n_test = (1000, 1000) if smoke else (5000, len(Xte))
+    Xtr, ytr, Xte, yte = Xtr[:n_train], ytr[:n_train], Xte[:n_test], yte[:n_test]
+    Xtr = Xtr.reshape(len(Xtr), -1).astype(np.float32) / 255
+    Xte = Xte.reshape(len(Xte), -1).astype(np.float32) / 255
+    mean, std = Xtr.mean(), Xtr.std()
+    return (Xtr - mean) / std, ytr, (Xte - mean) / std, yte
+
+
+def evaluate(params, X, y):
+    """Loss and accuracy in evaluation mode (dropout off)."""
+    loss, _, logits = loss_and_grads(params, X, y)
+    return float(loss), float((logits.argmax(axis=1) == y).mean())
+
+
+def train(params, data, args, p, tag):
+    """Adam for args.epochs with dropout probability p; after each epoch, evaluate train and test sets."""
+    Xtr, ytr, Xte, yte = data
+    data_rng = np.random.default_rng(args.seed)  # the same minibatch order for both runs
+    drop_rng = np.random.default_rng([args.seed, 2])  # the dropout masks
+    opt = Adam(args.lr)
+    hist = {"step_loss": [], "train_loss": [], "train_acc": [], "test_loss": [], "test_acc": [], "epoch_s": []}
+    steps = -(-len(Xtr) // args.batch_size)
+    for epoch in range(1, args.epochs + 1):
+        t0 = time.perf_counter()
+        for idx in tqdm(minibatches(len(Xtr), args.batch_size, data_rng), total=steps, desc=f"{tag} epoch {epoch}",
+                        leave=False, disable=not sys.stdout.isatty()):
+            loss, grads, _ = loss_and_grads(params, Xtr[idx], ytr[idx], p, training=True, rng=drop_rng)
+            opt.step(params, grads)
+            hist["step_loss"].append(float(loss))
+        hist["epoch_s"].append(time.perf_counter() - t0)
+        for split, X, y in [("train", Xtr, ytr), ("test", Xte, yte)]:
+            loss, acc = evaluate(params, X, y)
+            hist[f"{split}_loss"].append(loss)
+            hist[f"{split}_acc"].append(acc)
+        print(f"[{tag}] epoch {epoch:2d}/{args.epochs}  train loss {hist['train_loss'][-1]:.4f} acc "
+              f"{hist['train_acc'][-1]:.4f} | test loss {hist['test_loss'][-1]:.4f} acc {hist['test_acc'][-1]:.4f}"
+              f" | {hist['epoch_s'][-1]:.2f} s", flush=True)
+    return hist
+
+
+def plot_dropout(hists, weights, path, title):
+    """Train (dashed) and test (solid) accuracy per epoch for both runs; histograms of the first-layer weights."""
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    ax_acc, ax_w = fig.subplots(1, 2)
+    for (label, h), color in zip(hists.items(), ["C0", "C1"]):
+        epochs = range(1, len(h["train_acc"]) + 1)
+        ax_acc.plot(epochs, h["train_acc"], "--", color=color, label=f"{label}: train")
+        ax_acc.plot(epochs, h["test_acc"], "-", color=color, label=f"{label}: test")
+        ax_w.hist(weights[label].ravel(), bins=100, histtype="step", color=color, label=label)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (evaluation mode)", title="train dashed, test solid")
+    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_w.set(xlabel="first-layer weight", ylabel="count", yscale="log", title="trained first-layer weights")
+    for ax in (ax_acc, ax_w):
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+
+
+# %% [markdown]
+# ## Main: the same MLP trained without and with dropout
+
+
+# %%
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--p", type=float, default=0.5, help="dropout probability on hidden units (default 0.5)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs (default 30; 2 with --smoke)")
+    ap.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    ap.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths (default 256 128; 64 smoke)")
+    ap.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and masks (default 0)")
+    ap.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
+    ap.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/<script>)")
+    ap.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
+    args = ap.parse_args(argv)
+    args.epochs = args.epochs if args.epochs is not None else (2 if args.smoke else 30)
+    args.batch_size = args.batch_size or (32 if args.smoke else 128)
+    args.hidden = args.hidden or ([64] if args.smoke else [256, 128])
+    if min(args.epochs, args.batch_size, *args.hidden) < 1 or args.lr <= 0:
+        ap.error("--epochs, --batch-size, --hidden and --lr must be positive")
+    if not 0 <= args.p < 1:
+        ap.error(f"--p must be in [0, 1), got {args.p}")
+    out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data = load_data(args.data_dir, args.smoke)
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
+
+    sizes = [data[0].shape[1], *args.hidden, 10]
+    print(f"dropout_numpy: {' -> '.join(map(str, sizes))}, {len(data[0])} train / {len(data[2])} test images, "
+          f"Adam lr {args.lr}, dropout p {args.p}")
+    hists, weights = {}, {}
+    for label, p in [("without dropout", 0.0), (f"dropout p={args.p}", args.p)]:
+        params = init_params(sizes, np.random.default_rng([args.seed, 1]))  # the same initial weights for both
+        hists[label] = train(params, data, args, p, tag=label)
+        weights[label] = params["W1"]
+    plain, drop = hists["without dropout"], hists[f"dropout p={args.p}"]
+
+    gap, gap_without = drop["train_acc"][-1] - drop["test_acc"][-1], plain["train_acc"][-1] - plain["test_acc"][-1]
+    plot_dropout(hists, weights, out_dir / "dropout.png",
+                 f"MLP {'-'.join(map(str, sizes))}, {len(data[0])} train images: train-test gap {gap:.3f} with dropout "
+                 f"p={args.p}, {gap_without:.3f} without")
+    metrics = {"script": Path(__file__).stem, "test_acc": drop["test_acc"][-1], "train_acc": drop["train_acc"][-1],
+               "test_acc_without": plain["test_acc"][-1], "train_acc_without": plain["train_acc"][-1],
+               "gap": gap, "gap_without": gap_without, "test_loss": drop["test_loss"][-1],
+               "test_loss_without": plain["test_loss"][-1], "first_loss": drop["step_loss"][0],
+               "final_train_loss": drop["train_loss"][-1], "final_train_loss_without": plain["train_loss"][-1],
+               "sec_per_epoch": float(np.median(drop["epoch_s"])),
+               "config": {**vars(args), "sizes": sizes, "n_train": len(data[0]), "n_test": len(data[2])},
+               "history": {label: {k: v for k, v in h.items() if k != "step_loss"} for label, h in hists.items()}}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(f"test accuracy {metrics['test_acc']:.4f} with dropout, {metrics['test_acc_without']:.4f} without; "
+          f"wrote {out_dir}/metrics.json and dropout.png")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
