@@ -137,6 +137,49 @@ def test_adam_matches_torch_optim_adam(gn):
     assert rel_error(tp["w"], init["w"]) > 1e-2  # the parameters really moved
 
 
+@pytest.mark.parametrize("shape", [(5, 6), (4, 3, 5, 2)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_matches_torch(gn, shape, training):
+    """The comparison BatchNorm equals F.batch_norm on (N, C) and (N, C, H, W): output and running statistics."""
+    x, gamma, beta, _ = make_inputs(shape, 23)
+    rng = np.random.default_rng(5)
+    mean0, var0 = rng.standard_normal(shape[1]), rng.uniform(0.5, 2, shape[1])
+    rm, rv = torch.tensor(mean0), torch.tensor(var0)
+    ref = F.batch_norm(torch.tensor(x), rm, rv, torch.tensor(gamma), torch.tensor(beta), training, 0.1, 1e-5)
+    with jax.enable_x64(True):
+        stats = {"mean": jnp.asarray(mean0), "var": jnp.asarray(var0)}
+        out, new = gn.batch_norm(jnp.asarray(x), jnp.asarray(gamma), jnp.asarray(beta), stats, training)
+        assert rel_error(out, ref) <= 1e-12
+        assert rel_error(new["mean"], rm) <= 1e-12 and rel_error(new["var"], rv) <= 1e-12  # torch updates in place
+
+
+def test_batch_norm_of_two_vectors_is_plus_minus_one(gn):
+    """BatchNorm on (2, C) in training: each feature of the two examples becomes -1 and +1 (up to eps), whatever
+    the input -- the collapse the batch-size experiment shows. GroupNorm on the same input keeps its values' shape."""
+    x = np.random.default_rng(9).standard_normal((2, 8)) * 3 + 1
+    with jax.enable_x64(True):
+        stats = {"mean": jnp.zeros(8), "var": jnp.ones(8)}
+        out, _ = gn.batch_norm(jnp.asarray(x), jnp.ones(8), jnp.zeros(8), stats, True, eps=1e-12)
+        np.testing.assert_allclose(np.abs(np.asarray(out)), 1, atol=1e-9)
+        assert (np.sign(out[0]) == np.sign(x[0] - x[1])).all()
+        g = gn.group_norm(jnp.asarray(x), jnp.ones(8), jnp.zeros(8), 2)
+        assert len(np.unique(np.round(np.abs(np.asarray(g)), 6))) > 8  # many distinct magnitudes
+
+
+def test_groupnorm_cnn_is_per_example(gn):
+    """The whole GroupNorm CNN gives an example the same logits alone as inside a batch; BatchNorm's does not."""
+    with jax.enable_x64(True):
+        params = gn.init_params(jax.random.PRNGKey(1), (8, 16), 16, jnp.float64)
+        stats = gn.init_stats((8, 16), 16, jnp.float64)
+        x = jax.random.normal(jax.random.PRNGKey(2), (5, 1, 28, 28), jnp.float64)
+        full, _ = gn.forward(params, stats, x, "gn", 4, training=True)
+        alone, _ = gn.forward(params, stats, x[3:4], "gn", 4, training=True)
+        assert rel_error(full[3:4], alone) <= 1e-12
+        pair, _ = gn.forward(params, stats, x[3:5], "bn", 4, training=True)
+        trio, _ = gn.forward(params, stats, x[2:5], "bn", 4, training=True)
+        assert rel_error(pair[0], trio[1]) > 1e-3
+
+
 def test_forward_shapes(gn):
     params = gn.init_params(jax.random.PRNGKey(0), (8, 16))
     stats = gn.init_stats((8, 16))

@@ -168,6 +168,16 @@ def test_wrong_channels_raise(gn, shape):
         gn.GroupNorm(2, 4)(torch.randn(shape))
 
 
+def test_cnn_output_independent_of_batch(gn):
+    """The GroupNorm CNN (conv and fully connected norms) gives an example the same logits alone as in a batch,
+    in training mode; with BatchNorm the logits change with the batch mates."""
+    x = torch.randn(5, 1, 28, 28, dtype=torch.float64)
+    model = gn.CNN((8, 16), "group", 4, torch.Generator().manual_seed(0), hidden=16).double().train()
+    assert rel_error(model(x)[3:4].detach(), model(x[3:4]).detach()) <= 1e-12
+    bn = gn.CNN((8, 16), "batch", 4, torch.Generator().manual_seed(0), hidden=16).double().train()
+    assert rel_error(bn(x[3:5])[0].detach(), bn(x[2:5])[1].detach()) > 1e-3
+
+
 def test_smoke_run(gn, tmp_path):
     """`--smoke`: 2-fold CV, a final model and the batch-size study on small real subsets; metrics and figure."""
     m = gn.main(["--smoke", "--out-dir", str(tmp_path)])
