@@ -42,6 +42,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/mlp_epoch.py
+	$(PY) benchmarks/conv.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
