@@ -28,7 +28,7 @@ data: $(STAMP)
 	$(PY) -m data
 
 demo: data
-	$(PY) 01-foundations/mlp_numpy.py
+	$(PY) 04-cnns/resnet_torch.py
 
 # pytest exits 5 when it collected no tests: that is a broken suite, never a pass.
 test: data
@@ -43,6 +43,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/mlp_epoch.py
 	$(PY) benchmarks/conv.py
+	$(PY) benchmarks/cnn_zoo.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,188 @@
+"""The CNN case studies side by side: parameters and forward multiply-adds of every constructor, next to the
+figures their papers report, and training throughput of ResNet-20 and ResNet-18 on Fashion-MNIST.
+
+Part 1 (no computation: every model is built on the meta device): parameters at the default configuration
+(1000 classes; CIFAR models with their papers' 10 classes) and forward multiply-adds for one image,
+counted by torch.utils.flop_counter.FlopCounterMode (which counts 2 FLOPs per multiply-add; the papers
+count multiply-adds, so the table shows FLOPs / 2). ImageNet models at 3x224x224; the CIFAR models of the
+papers (resnet20..110, preact_resnet110/164, resnext29_*) at their own 3x32x32, where a paper figure
+exists for them. FlopCounterMode counts convolutions and matrix products only (not BN, ReLU, pooling,
+additions), as the papers do.
+
+Part 2: training throughput, images per second of forward + backward + SGD step (Nesterov momentum,
+weight decay) on standardised Fashion-MNIST batches of 28x28, for resnet20 and resnet18 with
+small_input (1 channel, 10 classes), on this machine's CPU, median over `--repeats` timed rounds of
+`--steps` steps after one untimed warm-up round. Augmentation is left out: it is the same for any model.
+
+Writes a markdown table to runs/benchmarks/cnn_zoo.md (and .json) and prints it.
+
+    python benchmarks/cnn_zoo.py [--steps 10] [--repeats 3] [--batch-size 128] [--threads N] [--skip-throughput]
+"""
+
+import argparse
+import importlib.util
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = [
+    "04-cnns/vgg_torch.py",
+    "04-cnns/resnet_torch.py",
+    "04-cnns/resnet_v2_torch.py",
+    "04-cnns/resnext_torch.py",
+    "04-cnns/densenet_torch.py",
+]
+CIFAR = {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110"} | {
+    "preact_resnet110",
+    "preact_resnet164",
+    "resnext29_8x64d",
+    "resnext29_16x64d",
+}
+# (parameters, multiply-adds, where) as the papers print them; None where a paper gives no figure.
+PAPER = {
+    "vgg11": ("133M", None, "Simonyan & Zisserman 2014, Table 2 (A)"),
+    "vgg13": ("133M", None, "Table 2 (B)"),
+    "vgg16": ("138M", None, "Table 2 (D)"),
+    "vgg19": ("144M", None, "Table 2 (E)"),
+    "resnet18": (None, "1.8G", "He et al. 2015, Table 1"),
+    "resnet34": (None, "3.6G", "Table 1"),
+    "resnet50": (None, "3.8G", "Table 1"),
+    "resnet101": (None, "7.6G", "Table 1"),
+    "resnet152": (None, "11.3G", "Table 1"),
+    "resnet20": ("0.27M", None, "He et al. 2015, Table 6"),
+    "resnet32": ("0.46M", None, "Table 6"),
+    "resnet44": ("0.66M", None, "Table 6"),
+    "resnet56": ("0.85M", None, "Table 6"),
+    "resnet110": ("1.7M", None, "Table 6"),
+    "preact_resnet110": ("1.7M", None, "He et al. 2016, Table 3"),
+    "preact_resnet164": ("1.7M", None, "He et al. 2016, Table 3"),
+    "resnext50_32x4d": ("25.0M", "4.2G", "Xie et al. 2017, Table 3"),
+    "resnext101_64x4d": ("83.7M", "15.5G", "Xie et al. 2017, Table 5"),
+    "resnext29_8x64d": ("34.4M", None, "Xie et al. 2017, Table 7"),
+    "resnext29_16x64d": ("68.1M", None, "Xie et al. 2017, Table 7"),
+}
+THROUGHPUT = [("04-cnns/resnet_torch.py", "resnet20"), ("04-cnns/resnet_torch.py", "resnet18")]
+
+
+def import_script(relpath):
+    path = ROOT / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def size_and_cost(fn, cifar):
+    """Parameters and forward multiply-adds of one image, on the meta device (nothing is allocated)."""
+    side, classes = (32, 10) if cifar else (224, 1000)
+    with torch.device("meta"):
+        model = fn(num_classes=classes).eval()
+        with FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, side, side))
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 2, side
+
+
+def train_throughput(fn, X, y, batch_size, steps, repeats, seed):
+    """Images per second of SGD training steps (small_input, 1 channel, 10 classes); median over rounds."""
+    torch.manual_seed(seed)
+    model = fn(num_classes=10, in_channels=1, small_input=True).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    rng = np.random.default_rng(seed)
+
+    def run(n):
+        for _ in range(n):
+            idx = torch.from_numpy(rng.integers(0, len(X), batch_size))
+            loss = F.cross_entropy(model(X[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    run(2)  # warm-up: allocator, kernels
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(steps)
+        times.append(time.perf_counter() - t0)
+    rates = [steps * batch_size / t for t in times]
+    return statistics.median(rates), rates, sum(p.numel() for p in model.parameters())
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=10, help="training steps per timed round (default 10)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
+    p.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-throughput", action="store_true", help="only the parameter / multiply-add table")
+    p.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "cnn_zoo.md"))
+    args = p.parse_args(argv)
+    if min(args.steps, args.repeats, args.batch_size) < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--steps, --repeats, --batch-size and --threads must be positive")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    modules = {s: import_script(s) for s in SCRIPTS if (ROOT / s).exists()}
+
+    rows, lines = [], []
+    lines += [
+        "| model | script | input | parameters | paper | GMACs (forward) | paper | source |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for script, module in modules.items():
+        for name, fn in module.MODELS.items():
+            params, macs, side = size_and_cost(fn, name in CIFAR)
+            paper_params, paper_macs, source = PAPER.get(name, (None, None, ""))
+            rows.append({"model": name, "script": script, "input": side, "params": params, "macs": macs})
+            lines.append(
+                f"| {name} | {Path(script).name} | {side}x{side} | {params:,} | {paper_params or '-'} | "
+                f"{macs / 1e9:.2f} | {paper_macs or '-'} | {source} |"
+            )
+            print(lines[-1], flush=True)
+
+    speed = []
+    if not args.skip_throughput:
+        from data import fashion_mnist
+
+        X, y = fashion_mnist("train")
+        X = X.reshape(-1, 1, 28, 28).astype(np.float32) / 255
+        X = torch.from_numpy((X - X.mean()) / X.std())
+        y = torch.from_numpy(y.astype(np.int64))
+        lines += [
+            "",
+            f"Training throughput on this CPU ({platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}), Fashion-MNIST 28x28, "
+            f"batch {args.batch_size}, small_input stem:",
+            "",
+            "| model | parameters (10 classes) | images/s (median) | rounds |",
+            "|---|---:|---:|---|",
+        ]
+        for script, name in THROUGHPUT:
+            if script not in modules:
+                continue
+            rate, rates, params = train_throughput(
+                modules[script].MODELS[name], X, y, args.batch_size, args.steps, args.repeats, args.seed
+            )
+            speed.append({"model": name, "images_per_s": rate, "rounds": rates, "params": params})
+            lines.append(f"| {name} | {params:,} | {rate:.0f} | {', '.join(f'{r:.0f}' for r in rates)} |")
+            print(lines[-1], flush=True)
+
+    table = "\n".join(lines) + "\n"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    result = {"config": vars(args), "models": rows, "throughput": speed}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    print(f"\n{table}\nwrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
