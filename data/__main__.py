@@ -1,4 +1,4 @@
-"""Fetch and check the datasets: ``python -m data [fashion-mnist ...]`` (``make data``).
+"""Fetch and check the datasets: ``python -m data [fashion-mnist timemachine ...]`` (``make data``).
 
 Each dataset is resolved exactly as the loaders resolve it (``data_dir``, ``$ARC_DATA_DIR``,
 ``data/cache``, else a checksummed download into ``data/cache``), then loaded once so that its
@@ -9,7 +9,7 @@ to have everything offline afterwards; ``make test`` runs it first, so tests nev
 import argparse
 import sys
 
-from . import fmnist
+from . import fmnist, text
 from .files import DataError
 
 
@@ -22,7 +22,21 @@ def fetch_fashion_mnist(data_dir=None) -> list[str]:
     return lines
 
 
-DATASETS = {"fashion-mnist": fetch_fashion_mnist}
+def fetch_text(*files: text.TextFile):
+    """The fetcher of a text corpus made of ``files`` (PTB: its three splits)."""
+
+    def fetch(data_dir=None) -> list[str]:
+        return [f"  {f.filename}: {len(f.read(data_dir)):,} characters  {f.path(data_dir).parent}" for f in files]
+
+    return fetch
+
+
+DATASETS = {
+    "fashion-mnist": fetch_fashion_mnist,
+    "timemachine": fetch_text(text.TIMEMACHINE),
+    "tinyshakespeare": fetch_text(text.TINYSHAKESPEARE),
+    "ptb": fetch_text(*text.PTB.values()),
+}
 
 
 def main(argv=None) -> None:

@@ -1,9 +1,13 @@
-"""Shared test helpers: import a script by its path (topic folders start with digits)."""
+"""Shared test helpers: import a script by its path (topic folders start with digits); no internet;
+a local HTTP server for the download tests of data/."""
 
+import functools
+import http.server
 import importlib.util
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 
 # `pytest -n auto` runs one worker per core. Each worker's BLAS, OpenMP and XLA thread pools must
@@ -62,3 +66,56 @@ def no_internet(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, records every requested path on its server, and logs nothing."""
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+class LocalServer:
+    """A ThreadingHTTPServer on 127.0.0.1 (free port) serving ``root`` from a background thread."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root))
+        )
+        self.httpd.requests = []
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        # A short poll interval lets shutdown() return at once instead of after the default 0.5 s.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
+        self.thread.start()
+
+    @property
+    def requests(self) -> list[str]:
+        return self.httpd.requests
+
+    def serve(self, name: str, content: bytes) -> str:
+        """Put ``content`` at ``name`` and return its URL."""
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return self.url + name
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.httpd.shutdown()
+            self.thread.join()
+            self.httpd.server_close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A quiet local HTTP server serving tmp_path/www, shut down after the test."""
+    root = tmp_path / "www"
+    root.mkdir()
+    srv = LocalServer(root)
+    yield srv
+    srv.close()

@@ -1,17 +1,16 @@
 """Tests of ``data``: the Fashion-MNIST loader on the real offline files, its structural checks on
-corrupt files, and the download path against a real local HTTP server. No test touches the
-internet: every test that could download points ``MIRRORS`` at a local address first.
+corrupt files, and the download path against a real local HTTP server (the ``server`` fixture of
+conftest.py). No test touches the internet: every test that could download points ``MIRRORS`` at
+a local address first.
 """
 
 import functools
 import gzip
 import hashlib
-import http.server
 import os
 import shutil
 import socket
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -59,49 +58,6 @@ def copy_split(src: Path, dst: Path, split: str = "test") -> dict[str, Path]:
     return {kind: Path(shutil.copy(src / fname, dst)) for kind, (fname, _) in fm.FILES[split].items()}
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder, records every requested path on its server, and logs nothing."""
-
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        super().do_GET()
-
-    def log_message(self, *args):
-        pass
-
-
-class LocalServer:
-    """A ThreadingHTTPServer on 127.0.0.1 (free port) serving ``root`` from a background thread."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root))
-        )
-        self.httpd.requests = []
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        # A short poll interval lets shutdown() return at once instead of after the default 0.5 s.
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
-        self.thread.start()
-
-    @property
-    def requests(self) -> list[str]:
-        return self.httpd.requests
-
-    def serve(self, name: str, content: bytes) -> str:
-        """Put ``content`` at ``name`` and return its URL."""
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-        return self.url + name
-
-    def close(self) -> None:
-        if self.thread.is_alive():
-            self.httpd.shutdown()
-            self.thread.join()
-            self.httpd.server_close()
-
-
 # %% fixtures
 
 
@@ -147,16 +103,6 @@ def offline(monkeypatch, tmp_path) -> str:
 def dest(tmp_path) -> Path:
     """Where a test download goes: tmp_path/cache/blob/blob.bin, its folder not yet made."""
     return tmp_path / "cache" / "blob" / "blob.bin"
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A quiet local HTTP server serving tmp_path/www, shut down after the test."""
-    root = tmp_path / "www"
-    root.mkdir()
-    srv = LocalServer(root)
-    yield srv
-    srv.close()
 
 
 # %% the real files
