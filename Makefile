@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/mlp_epoch.py
 	$(PY) benchmarks/conv.py
 	$(PY) benchmarks/cnn_zoo.py
+	$(PY) benchmarks/rnn.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,13 +1,15 @@
-"""The CNN case studies side by side: parameters and forward multiply-adds of every constructor, next to the
-figures their papers report, and training throughput of ResNet-20 and ResNet-18 on Fashion-MNIST.
+"""The CNN case studies side by side: parameters, forward multiply-adds and CPU latency of every constructor,
+next to the figures their papers report, and training throughput of ResNet-20 and ResNet-18 on Fashion-MNIST.
 
-Part 1 (no computation: every model is built on the meta device): parameters at the default configuration
-(1000 classes; CIFAR models with their papers' 10 classes) and forward multiply-adds for one image,
-counted by torch.utils.flop_counter.FlopCounterMode (which counts 2 FLOPs per multiply-add; the papers
-count multiply-adds, so the table shows FLOPs / 2). ImageNet models at 3x224x224; the CIFAR models of the
-papers (resnet20..110, preact_resnet110/164, resnext29_*) at their own 3x32x32, where a paper figure
-exists for them. FlopCounterMode counts convolutions and matrix products only (not BN, ReLU, pooling,
-additions), as the papers do.
+Part 1: parameters at the default configuration (1000 classes; CIFAR models with their papers' 10
+classes) and forward multiply-adds for one image, counted on the meta device (nothing is allocated)
+by torch.utils.flop_counter.FlopCounterMode, which counts 2 FLOPs per multiply-add; the papers count
+multiply-adds, so the table shows FLOPs / 2. Each model at its canonical input: 224x224, Inception v3
+and v4 at 299x299, EfficientNet-Bk at its own resolution (240 ... 600), the CIFAR models of the papers
+(resnet20..110, preact_resnet110/164, resnext29_*) at 32x32. FlopCounterMode counts convolutions and
+matrix products only (not BN, activations, pooling, additions, SE's elementwise scaling), as the
+papers do. The last column is the CPU latency of one eval-mode forward of a single image (batch 1,
+float32, median of `--repeats` after a warm-up), with real weights.
 
 Part 2: training throughput, images per second of forward + backward + SGD step (Nesterov momentum,
 weight decay) on standardised Fashion-MNIST batches of 28x28, for resnet20 and resnet18 with
@@ -16,7 +18,8 @@ small_input (1 channel, 10 classes), on this machine's CPU, median over `--repea
 
 Writes a markdown table to runs/benchmarks/cnn_zoo.md (and .json) and prints it.
 
-    python benchmarks/cnn_zoo.py [--steps 10] [--repeats 3] [--batch-size 128] [--threads N] [--skip-throughput]
+    python benchmarks/cnn_zoo.py [--steps 10] [--repeats 3] [--batch-size 128] [--threads N]
+                                 [--skip-throughput] [--skip-latency]
 """
 
 import argparse
@@ -39,6 +42,12 @@ SCRIPTS = [
     "04-cnns/resnet_v2_torch.py",
     "04-cnns/resnext_torch.py",
     "04-cnns/densenet_torch.py",
+    "04-cnns/inception_v1_torch.py",
+    "04-cnns/inception_v3_torch.py",
+    "04-cnns/inception_v4_torch.py",
+    "04-cnns/mobilenet_v1_torch.py",
+    "04-cnns/mobilenet_v2_torch.py",
+    "04-cnns/efficientnet_torch.py",
 ]
 CIFAR = {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110"} | {
     "preact_resnet110",
@@ -68,7 +77,21 @@ PAPER = {
     "resnext101_64x4d": ("83.7M", "15.5G", "Xie et al. 2017, Table 5"),
     "resnext29_8x64d": ("34.4M", None, "Xie et al. 2017, Table 7"),
     "resnext29_16x64d": ("68.1M", None, "Xie et al. 2017, Table 7"),
+    "googlenet": (None, "1.5G", "Szegedy et al. 2014, section 1 (budget)"),
+    "inception_v3": ("<25M", "5G", "Szegedy et al. 2015, abstract"),
+    "mobilenet_v1": ("4.2M", "569M", "Howard et al. 2017, Table 8"),
+    "mobilenet_v2": ("3.4M", "300M", "Sandler et al. 2018, Table 4"),
+    "efficientnet_b0": ("5.3M", "0.39G", "Tan & Le 2019, Table 2"),
+    "efficientnet_b1": ("7.8M", "0.70G", "Table 2"),
+    "efficientnet_b2": ("9.2M", "1.0G", "Table 2"),
+    "efficientnet_b3": ("12M", "1.8G", "Table 2"),
+    "efficientnet_b4": ("19M", "4.2G", "Table 2"),
+    "efficientnet_b5": ("30M", "9.9G", "Table 2"),
+    "efficientnet_b6": ("43M", "19G", "Table 2"),
+    "efficientnet_b7": ("66M", "37G", "Table 2"),
 }
+# canonical input sides other than 224 (CIFAR models: 32); a script may also list its own in RESOLUTION
+SIDE = {"inception_v3": 299, "inception_v4": 299, "inception_resnet_v2": 299}
 THROUGHPUT = [("04-cnns/resnet_torch.py", "resnet20"), ("04-cnns/resnet_torch.py", "resnet18")]
 
 
@@ -80,14 +103,28 @@ def import_script(relpath):
     return module
 
 
-def size_and_cost(fn, cifar):
+def size_and_cost(fn, side, classes):
     """Parameters and forward multiply-adds of one image, on the meta device (nothing is allocated)."""
-    side, classes = (32, 10) if cifar else (224, 1000)
     with torch.device("meta"):
         model = fn(num_classes=classes).eval()
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, 3, side, side))
-    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 2, side
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 2
+
+
+@torch.no_grad()
+def latency(fn, side, classes, repeats):
+    """Milliseconds of one eval-mode forward of a batch of 1 image on the CPU, median over `repeats` after a warm-up."""
+    torch.manual_seed(0)
+    model = fn(num_classes=classes).eval()
+    x = torch.randn(1, 3, side, side)
+    model(x)  # warm-up: allocator, kernel selection
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
 
 
 def train_throughput(fn, X, y, batch_size, steps, repeats, seed):
@@ -122,7 +159,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-throughput", action="store_true", help="only the parameter / multiply-add table")
+    p.add_argument("--skip-throughput", action="store_true", help="no training-throughput table")
+    p.add_argument("--skip-latency", action="store_true", help="no batch-1 latency column (it builds every model)")
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "cnn_zoo.md"))
     args = p.parse_args(argv)
     if min(args.steps, args.repeats, args.batch_size) < 1 or (args.threads is not None and args.threads < 1):
@@ -133,17 +171,20 @@ def main(argv=None) -> dict:
 
     rows, lines = [], []
     lines += [
-        "| model | script | input | parameters | paper | GMACs (forward) | paper | source |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        "| model | script | input | parameters | paper | GMACs (forward) | paper | source | CPU ms, batch 1 |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for script, module in modules.items():
         for name, fn in module.MODELS.items():
-            params, macs, side = size_and_cost(fn, name in CIFAR)
+            side = 32 if name in CIFAR else {**SIDE, **getattr(module, "RESOLUTION", {})}.get(name, 224)
+            classes = 10 if name in CIFAR else 1000
+            params, macs = size_and_cost(fn, side, classes)
+            ms = None if args.skip_latency else latency(fn, side, classes, args.repeats)
             paper_params, paper_macs, source = PAPER.get(name, (None, None, ""))
-            rows.append({"model": name, "script": script, "input": side, "params": params, "macs": macs})
+            rows.append({"model": name, "script": script, "input": side, "params": params, "macs": macs, "ms": ms})
             lines.append(
                 f"| {name} | {Path(script).name} | {side}x{side} | {params:,} | {paper_params or '-'} | "
-                f"{macs / 1e9:.2f} | {paper_macs or '-'} | {source} |"
+                f"{macs / 1e9:.2f} | {paper_macs or '-'} | {source} | {'-' if ms is None else f'{ms:.1f}'} |"
             )
             print(lines[-1], flush=True)
 

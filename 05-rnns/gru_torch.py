@@ -1,0 +1,347 @@
+"""A GRU written from scratch as a torch nn.Module, trained as a character-level language model.
+
+The gated recurrent unit (Cho et al. 2014; d2l 10.2) keeps the LSTM's idea, an additive path for the
+state controlled by gates, with two gates and no separate cell. With torch's names, gate order (r, z, n)
+and torch's variant (the reset gate multiplies W_hn h + b_hn, after the matrix product), for x_t (B, D):
+
+    [x_r; x_z; x_n] = x_t W_ih^T + b_ih          [h_r; h_z; h_n] = h_{t-1} W_hh^T + b_hh      each (B, H)
+    r_t = sigma(x_r + h_r)            reset gate: how much of the past enters the candidate
+    z_t = sigma(x_z + h_z)            update gate: how much of the old state to keep
+    n_t = tanh(x_n + r_t * h_n)       candidate state
+    h_t = (1 - z_t) * n_t + z_t * h_{t-1}
+
+(Cho et al. apply r_t to h_{t-1} before the product, W_hn (r_t * h_{t-1}); torch and cuDNN apply it
+after, which lets the product h_{t-1} W_hh^T of all three gates be one matrix multiply; this module
+follows torch, so that it can be checked against nn.GRU.)
+With z_t near 1 the state is copied forward and dh_{t-1} = z_t * dh_t (plus the gate paths) carries the
+gradient back many steps nearly unchanged: the same cure for vanishing gradients as the LSTM's cell,
+with 3H x (D + H) weights per layer instead of 4H x (D + H).
+
+Deep GRU (d2l 10.3): layers stacked as in rnn_torch.py, dropout between layers in training only.
+The language model and its training are those of rnn_torch.py: Embedding -> 2-layer GRU -> linear,
+truncated BPTT over sequentially partitioned streams with the state carried and detached, gradient
+clipping by global norm, Adam.
+
+Measured (default run: Tiny Shakespeare, 2 layers x 256, the budget of rnn_torch.py, seed 0, on a CPU
+shared with other jobs): validation perplexity 5.09 (vanilla RNN 5.69, LSTM 5.14), 663,234 parameters,
+59 s per epoch.
+
+Reading: K. Cho et al. (2014), "Learning Phrase Representations using RNN Encoder-Decoder for Statistical
+Machine Translation", EMNLP, https://arxiv.org/abs/1406.1078; J. Chung et al. (2014), "Empirical
+Evaluation of Gated Recurrent Neural Networks on Sequence Modeling", https://arxiv.org/abs/1412.3555;
+d2l 10.2, https://d2l.ai/chapter_recurrent-modern/gru.html.
+As torch.nn.GRU (batch_first=False); state_dicts interchangeable (tests/test_rnn_torch.py).
+Arc: Modern recurrent neural networks -- GRU in PyTorch.
+
+Run:  python 05-rnns/gru_torch.py                       (Tiny Shakespeare, a few minutes on a CPU)
+      python 05-rnns/gru_torch.py --corpus timemachine --epochs 10
+      python 05-rnns/gru_torch.py --epochs 8 --resume   (continue from runs/gru_torch/checkpoint.pt)
+      python 05-rnns/gru_torch.py --smoke
+Look first at the gate lines of `GRU.forward`, then compare the validation perplexity and the samples
+with rnn_torch.py and lstm_torch.py (same size, same budget).
+"""
+
+# %%
+import argparse
+import json
+import math
+import sys
+import time
+from itertools import count, islice
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import nn
+from tqdm import tqdm
+
+from data import DataError, Vocab, lm_batches_sequential, timemachine, tinyshakespeare, tokenize
+
+# %% [markdown]
+# ## The layer
+
+
+# %%
+class GRU(nn.Module):
+    """Multi-layer GRU as torch.nn.GRU (batch_first=False): (T, B, D) -> (T, B, H), (L, B, H).
+
+    Parameters per layer k, named and shaped as torch's: weight_ih_l{k} (3H, D_k), weight_hh_l{k} (3H, H),
+    bias_ih_l{k}, bias_hh_l{k} (3H,), rows in gate order r, z, n; D_0 = input_size, D_k = H above;
+    all drawn from U(-1/sqrt(H), 1/sqrt(H)), torch's default.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, dropout=0.0):
+        super().__init__()
+        for name, value in [("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)]:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GRU: {name} must be a positive int, got {value!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError(f"GRU: dropout must be a number in [0, 1], got {dropout!r}")
+        self.input_size, self.hidden_size, self.num_layers, self.dropout = input_size, hidden_size, num_layers, dropout
+        H, bound = hidden_size, 1 / math.sqrt(hidden_size)
+        for k in range(num_layers):
+            D = input_size if k == 0 else H
+            for name, shape in [("weight_ih", (3 * H, D)), ("weight_hh", (3 * H, H)), ("bias_ih", (3 * H,)),
+                                ("bias_hh", (3 * H,))]:
+                self.register_parameter(f"{name}_l{k}", nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
+
+    def forward(self, x, h0=None):
+        """x (T, B, D), h0 (L, B, H) or None (zeros) -> output (T, B, H) of the top layer, h_n (L, B, H)."""
+        if x.dim() != 3 or x.shape[0] < 1 or x.shape[2] != self.input_size:
+            raise ValueError(f"GRU expects input (T, B, {self.input_size}) with T >= 1, got {tuple(x.shape)}")
+        T, B, _ = x.shape
+        L, H = self.num_layers, self.hidden_size
+        if h0 is None:
+            h0 = x.new_zeros(L, B, H)
+        elif tuple(h0.shape) != (L, B, H):
+            raise ValueError(f"GRU expects h0 of shape {(L, B, H)}, got {tuple(h0.shape)}")
+        last = []  # h_T of every layer
+        for k in range(L):
+            if k > 0:  # dropout between layers only, and only in training
+                x = F.dropout(x, self.dropout, self.training)
+            W_ih, W_hh = getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}")
+            b_ih, b_hh = getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}")
+            xW = x @ W_ih.T + b_ih  # (T, B, 3H): the input terms of every step in one matrix product
+            h, hs = h0[k], []
+            for t in range(T):
+                x_r, x_z, x_n = xW[t].chunk(3, dim=1)  # (B, H) each
+                h_r, h_z, h_n = (h @ W_hh.T + b_hh).chunk(3, dim=1)  # (B, H) each
+                r = torch.sigmoid(x_r + h_r)  # reset gate
+                z = torch.sigmoid(x_z + h_z)  # update gate
+                n = torch.tanh(x_n + r * h_n)  # candidate, r applied after the product (torch's variant)
+                h = (1 - z) * n + z * h  # h_t = (1 - z_t) * n_t + z_t * h_{t-1}   (B, H)
+                hs.append(h)
+            x = torch.stack(hs)  # (T, B, H): this layer's states are the next layer's inputs
+            last.append(h)
+        return x, torch.stack(last)  # (T, B, H), (L, B, H)
+
+    @torch.no_grad()
+    def copy_from(self, module):
+        """Load the weights of an nn.GRU of the same size (with biases, unidirectional); returns self."""
+        same = (isinstance(module, nn.GRU) and module.bias and not module.bidirectional
+                and (module.input_size, module.hidden_size, module.num_layers)
+                == (self.input_size, self.hidden_size, self.num_layers))
+        if not same:
+            raise ValueError(f"copy_from needs nn.GRU({self.input_size}, {self.hidden_size}, "
+                             f"num_layers={self.num_layers}) with biases, got {module!r}")
+        self.load_state_dict(module.state_dict())
+        return self
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, dropout={self.dropout}"
+
+
+# %% [markdown]
+# ## The language model and the data
+
+
+# %%
+class CharLM(nn.Module):
+    """Embedding -> GRU -> linear to the vocabulary.   X (T, B) int -> logits (T, B, V), state (L, B, H)."""
+
+    def __init__(self, vocab_size, embed_dim, hidden_size, num_layers, dropout):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.rnn = GRU(embed_dim, hidden_size, num_layers, dropout)
+        self.head = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, X, state=None):
+        out, state = self.rnn(self.embed(X), state)  # (T, B, H), (L, B, H)
+        return self.head(out), state  # (T, B, V)
+
+
+CORPORA = {"tinyshakespeare": (tinyshakespeare, "ROMEO:\n"), "timemachine": (timemachine, "The Time Traveller ")}
+
+
+def load_corpus(name, data_dir=None, smoke=False):
+    """Characters of the corpus as indices, split 90/10 in order into train and validation; and the Vocab."""
+    text = CORPORA[name][0](data_dir)
+    if smoke:  # a small real subset
+        text = text[:60_000]
+    tokens = tokenize(text, "char")  # the raw text, every character a token (case and punctuation kept)
+    vocab = Vocab(tokens)
+    corpus = vocab.encode(tokens)
+    n_train = int(0.9 * len(corpus))
+    return corpus[:n_train], corpus[n_train:], vocab
+
+
+def batch_stream(corpus, batch_size, num_steps, seed):
+    """Sequentially partitioned (X, Y) batches, pass after pass over the corpus, each pass at a new random offset."""
+    for n in count():
+        yield from lm_batches_sequential(corpus, batch_size, num_steps, np.random.default_rng([seed, n]))
+
+
+def to_tensors(X, Y):
+    """A (B, T) batch from the sampler to the (T, B) layout of the model."""
+    return torch.from_numpy(np.ascontiguousarray(X.T)), torch.from_numpy(np.ascontiguousarray(Y.T))
+
+
+@torch.no_grad()
+def perplexity(model, corpus, batch_size, num_steps):
+    """exp(mean next-character cross-entropy) over the corpus, read in order with the state carried over."""
+    model.eval()
+    state, total, count = None, 0.0, 0
+    for X, Y in lm_batches_sequential(corpus, batch_size, num_steps, np.random.default_rng(0)):
+        X, Y = to_tensors(X, Y)
+        logits, state = model(X, state)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1), reduction="sum").item()
+        count += Y.numel()
+    model.train()
+    return math.exp(total / count)
+
+
+@torch.no_grad()
+def sample(model, vocab, prompt, length, temperature=1.0, top_k=0, generator=None):
+    """prompt plus `length` sampled characters: p ~ softmax(logits / temperature), kept to the top_k most likely."""
+    model.eval()
+    x = torch.from_numpy(vocab.encode(list(prompt)))[:, None]  # (T, 1)
+    logits, state = model(x)  # warm the state up on the prompt
+    out = []
+    for _ in range(length):
+        z = logits[-1, 0] / temperature  # (V,) lower temperature: sharper, more conservative
+        if top_k:  # only the k most likely characters may be drawn
+            z[z < torch.topk(z, min(top_k, len(z))).values[-1]] = -math.inf
+        idx = torch.multinomial(F.softmax(z, dim=0), 1, generator=generator)  # (1,)
+        out.append(idx.item())
+        logits, state = model(idx.view(1, 1), state)
+    model.train()
+    return prompt + "".join(vocab.decode(out))
+
+
+def plot_perplexity(hist, path, title):
+    """Training and validation perplexity per epoch."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    epochs = np.arange(1, len(hist["train_ppl"]) + 1)
+    ax.plot(epochs, hist["train_ppl"], "o-", label="train (mean over the epoch, while learning)")
+    ax.plot(epochs, hist["val_ppl"], "s-", label="validation (end of epoch)")
+    ax.set(xlabel="epoch", ylabel="perplexity", title=title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+# %% [markdown]
+# ## Main: one flat training loop with truncated BPTT
+
+
+# %%
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", default="tinyshakespeare", choices=sorted(CORPORA), help="default tinyshakespeare")
+    p.add_argument("--epochs", type=int, default=None, help="total epochs (default 5; 2 with --smoke)")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="minibatches per epoch (default 200; 40 with --smoke; 0: one pass over the training split)")
+    p.add_argument("--batch-size", type=int, default=32, help="parallel streams B (default 32)")
+    p.add_argument("--num-steps", type=int, default=35, help="BPTT length T (default 35)")
+    p.add_argument("--hidden", type=int, default=None, help="hidden size H (default 256; 64 with --smoke)")
+    p.add_argument("--layers", type=int, default=2, help="stacked layers (default 2)")
+    p.add_argument("--embed", type=int, default=64, help="character embedding size (default 64)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout between layers (default 0.1)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-3; 1e-2 with --smoke)")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient clipping threshold on the global norm (default 1)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
+    p.add_argument("--top-k", type=int, default=10, help="sample among the k likeliest characters (0: all; default 10)")
+    p.add_argument("--sample-len", type=int, default=300, help="characters sampled per epoch (default 300)")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt up to --epochs")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, data offsets, dropout and sampling (default 0)")
+    p.add_argument("--data-dir", default=None, help="folder with the corpus files (else $ARC_DATA_DIR)")
+    p.add_argument("--out-dir", default=None, help="for metrics, samples, figure, checkpoint (default runs/<script>)")
+    p.add_argument("--smoke", action="store_true", help="a seconds-long run on the first 60k characters, a small net")
+    args = p.parse_args(argv)
+    args.epochs = args.epochs if args.epochs is not None else (2 if args.smoke else 5)
+    args.steps_per_epoch = args.steps_per_epoch if args.steps_per_epoch is not None else (40 if args.smoke else 200)
+    args.hidden = args.hidden if args.hidden is not None else (64 if args.smoke else 256)
+    args.lr = args.lr if args.lr is not None else (1e-2 if args.smoke else 2e-3)  # a small net tolerates larger steps
+    if min(args.epochs, args.batch_size, args.num_steps, args.hidden, args.layers, args.embed, args.sample_len) < 1:
+        p.error("--epochs, --batch-size, --num-steps, --hidden, --layers, --embed and --sample-len must be positive")
+    if args.lr <= 0 or args.clip <= 0 or args.temperature <= 0 or args.steps_per_epoch < 0 or args.top_k < 0:
+        p.error("--lr, --clip and --temperature must be positive; --steps-per-epoch and --top-k non-negative")
+    if not 0 <= args.dropout < 1:
+        p.error("--dropout must be in [0, 1)")
+    out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    if args.resume and not ckpt_path.exists():
+        p.error(f"--resume: no checkpoint at {ckpt_path}")
+    try:
+        train_corpus, val_corpus, vocab = load_corpus(args.corpus, args.data_dir, args.smoke)
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
+    V = len(vocab)
+
+    torch.manual_seed(args.seed)
+    model = CharLM(V, args.embed, args.hidden, args.layers, args.dropout)
+    # Adam: per-parameter step sizes suit the embedding rows (rare characters get rare, small gradients)
+    # and the recurrent weights alike, with one learning rate for all three cells; SGD would need one tuned per cell.
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    hist = {"train_ppl": [], "val_ppl": [], "grad_norm": [], "epoch_s": [], "samples": []}
+    start = 1
+    if args.resume:
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        if ckpt["vocab"] != vocab.idx_to_token:
+            p.error("--resume: the checkpoint was trained on another corpus or subset")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        hist, start = ckpt["hist"], ckpt["epoch"] + 1
+        torch.set_rng_state(ckpt["torch_rng"])  # dropout masks continue as if never stopped
+        print(f"resumed from {ckpt_path} after epoch {ckpt['epoch']}")
+    if start > args.epochs:
+        p.error(f"nothing to do: the checkpoint has {start - 1} epochs, --epochs is {args.epochs}")
+    # An "epoch" here is `steps` minibatches between two evaluations; the batches run on through the text
+    # (a full pass over Tiny Shakespeare's training split is about 900 minibatches of 32 x 35).
+    steps = args.steps_per_epoch or (len(train_corpus) - 1) // (args.batch_size * args.num_steps)
+    prompt = CORPORA[args.corpus][1]
+
+    for epoch in range(start, args.epochs + 1):
+        t0 = time.perf_counter()
+        # this epoch's minibatches, the same after a resume (skipping the earlier ones costs only slicing)
+        batches = islice(batch_stream(train_corpus, args.batch_size, args.num_steps, args.seed), (epoch - 1) * steps,
+                         epoch * steps)
+        state, losses, norms = None, [], []  # each epoch starts from a zero state
+        for X, Y in tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
+            X, Y = to_tensors(X, Y)  # (T, B) inputs and their next characters
+            if state is not None:
+                state = state.detach()  # truncated BPTT: keep the state's value, cut its history
+            logits, state = model(X, state)  # (T, B, V)
+            loss = F.cross_entropy(logits.reshape(-1, V), Y.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            # clipping by global norm: one scale for all gradients, so their direction is kept
+            grads = [q.grad for q in model.parameters() if q.grad is not None]
+            norm = torch.sqrt(sum((g * g).sum() for g in grads))  # ||g|| over every parameter
+            for g in grads:
+                g.mul_(torch.clamp(args.clip / (norm + 1e-6), max=1.0))  # g <- g * min(1, theta / ||g||)
+            opt.step()
+            losses.append(loss.detach()), norms.append(norm.detach())
+        hist["train_ppl"].append(math.exp(torch.stack(losses).mean().item()))
+        hist["grad_norm"].append(torch.stack(norms).median().item())
+        hist["val_ppl"].append(perplexity(model, val_corpus, args.batch_size, args.num_steps))
+        hist["epoch_s"].append(time.perf_counter() - t0)
+        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        hist["samples"].append(sample(model, vocab, prompt, args.sample_len, args.temperature, args.top_k, gen))
+        print(f"epoch {epoch:2d}/{args.epochs}  train ppl {hist['train_ppl'][-1]:.2f} | "
+              f"val ppl {hist['val_ppl'][-1]:.2f} | median grad norm {hist['grad_norm'][-1]:.2f} | "
+              f"{hist['epoch_s'][-1]:.1f} s", flush=True)
+        print(hist["samples"][-1] + "\n", flush=True)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "hist": hist,
+                    "torch_rng": torch.get_rng_state(), "vocab": vocab.idx_to_token, "config": vars(args)}, ckpt_path)
+
+    plot_perplexity(hist, out_dir / "perplexity.png",
+                    f"{Path(__file__).stem}: {args.layers}x{args.hidden} GRU on {args.corpus} (|V| = {V})")
+    samples = "".join(f"--- epoch {i + 1} ---\n{s}\n\n" for i, s in enumerate(hist["samples"]))
+    (out_dir / "samples.txt").write_text(samples)
+    metrics = {"script": Path(__file__).stem, "corpus": args.corpus, "vocab_size": V,
+               "val_ppl": hist["val_ppl"][-1], "train_ppl": hist["train_ppl"][-1],
+               "sec_per_epoch": float(np.median(hist["epoch_s"])), "steps_per_epoch": steps,
+               "params": sum(q.numel() for q in model.parameters()), "sample": hist["samples"][-1],
+               "config": vars(args), "history": {k: hist[k] for k in ("train_ppl", "val_ppl", "grad_norm")}}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
