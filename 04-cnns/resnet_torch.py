@@ -61,8 +61,8 @@ Run:  python 04-cnns/resnet_torch.py               (ResNet-20, 4 epochs on all 6
       torchrun --nproc_per_node 2 04-cnns/resnet_torch.py              (data-parallel, 2 processes)
       python 04-cnns/resnet_torch.py --arch resnet18 --epochs 40 --device cuda
                                                    (the full recipe: batch 128, lr 0.1, wd 5e-4, label
-                                                   smoothing 0.1, 1 warm-up epoch; aims at >= 0.945, the
-                                                   zalandoresearch README's ResNet-18 figure; not yet measured)
+                                                   smoothing 0.1, 1 warm-up epoch; aims at >= 0.945; the
+                                                   zalandoresearch README reports 0.949; not yet measured)
 Look first at `BasicBlock.forward` (the residual in one line: out + self.shortcut(x)), then at the training
 loop in `run`.
 """
