@@ -7,9 +7,22 @@ then a checksummed download).
     from data import fashion_mnist, FASHION_MNIST_CLASSES, minibatches, kfold_splits
     from data import timemachine, tinyshakespeare, ptb, preprocess_timemachine, tokenize, Vocab
     from data import lm_batches_random, lm_batches_sequential
+    from data import ptb_word2vec, noise_distribution, skipgram_batches   # word2vec's dataset (d2l 15.3)
+    from data import BPETokenizer                                          # byte-level BPE (d2l 15.6)
 """
 
 from .batches import kfold_splits, minibatches
+from .bpe import BPETokenizer
+from .embeddings import (
+    centers_and_contexts,
+    draw_negatives,
+    keep_probabilities,
+    noise_distribution,
+    ptb_sentences,
+    ptb_word2vec,
+    skipgram_batches,
+    subsample,
+)
 from .files import DataError
 from .fmnist import CLASSES as FASHION_MNIST_CLASSES
 from .fmnist import fashion_mnist
@@ -25,16 +38,25 @@ from .text import (
 )
 
 __all__ = [
+    "BPETokenizer",
     "DataError",
     "FASHION_MNIST_CLASSES",
     "Vocab",
+    "centers_and_contexts",
+    "draw_negatives",
     "fashion_mnist",
+    "keep_probabilities",
     "kfold_splits",
     "lm_batches_random",
     "lm_batches_sequential",
     "minibatches",
+    "noise_distribution",
     "preprocess_timemachine",
     "ptb",
+    "ptb_sentences",
+    "ptb_word2vec",
+    "skipgram_batches",
+    "subsample",
     "timemachine",
     "tinyshakespeare",
     "tokenize",
