@@ -74,7 +74,7 @@ PAPER = {
     "preact_resnet110": ("1.7M", None, "He et al. 2016, Table 3"),
     "preact_resnet164": ("1.7M", None, "He et al. 2016, Table 3"),
     "resnext50_32x4d": ("25.0M", "4.2G", "Xie et al. 2017, Table 3"),
-    "resnext101_64x4d": ("83.7M", "15.5G", "Xie et al. 2017, Table 5"),
+    "resnext101_64x4d": ("83.5M", "15.5G", "torchvision's ResNeXt101_64X4D_Weights (83,455,272; 15.46 GFLOPS)"),
     "resnext29_8x64d": ("34.4M", None, "Xie et al. 2017, Table 7"),
     "resnext29_16x64d": ("68.1M", None, "Xie et al. 2017, Table 7"),
     "googlenet": (None, "1.5G", "Szegedy et al. 2014, section 1 (budget)"),
