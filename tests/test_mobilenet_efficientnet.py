@@ -23,9 +23,17 @@ EXACT = {
     (V2, "mobilenet_v2"): 3_504_872,  # TV
     (EFF, "efficientnet_b0"): 5_288_548,  # TV
     (EFF, "efficientnet_b1"): 7_794_184,  # TV
+    # B2-B7 are not in architectures.md: torchvision's published num_params (EfficientNet_B2_Weights ..
+    # EfficientNet_B7_Weights, pytorch.org/vision/stable/models), which this build matches exactly too.
+    (EFF, "efficientnet_b2"): 9_109_994,
+    (EFF, "efficientnet_b3"): 12_233_232,
+    (EFF, "efficientnet_b4"): 19_341_616,
+    (EFF, "efficientnet_b5"): 30_389_784,
+    (EFF, "efficientnet_b6"): 43_040_704,
+    (EFF, "efficientnet_b7"): 66_347_960,
 }
 # Tan and Le 2019, Table 2, parameters in millions as printed (B2's "9.2M" is left out: this build, whose
-# B0 and B1 equal torchvision's exactly, gives 9.11M).
+# B0-B7 equal torchvision's exactly, gives 9.11M).
 EFF_PAPER_M = {
     "efficientnet_b3": 12,
     "efficientnet_b4": 19,
