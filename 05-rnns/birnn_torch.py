@@ -137,7 +137,8 @@ class BiLSTM(nn.Module):
                     out, h, c = lstm_pass(x.flip(0), state[0][s], state[1][s], W_ih, W_hh, b)
                     out = out.flip(0)  # out[t] = <-h_t, the summary of x_t .. x_T
                 outs.append(out)
-                h_n.append(h), c_n.append(c)
+                h_n.append(h)
+                c_n.append(c)
             x = torch.cat(outs, dim=2)  # (T, B, dirs*H) = [->h_t ; <-h_t], the next layer's input
         return x, (torch.stack(h_n), torch.stack(c_n))  # (T, B, dirs*H), ((L*dirs, B, H), (L*dirs, B, H))
 
@@ -227,7 +228,8 @@ def train(model, data, args, label):
         hist["step_losses"] += torch.stack(losses).tolist()
         hist["epoch_s"].append(time.perf_counter() - t0)
         test_loss, test_acc = evaluate(model, Xte, yte)
-        hist["test_loss"].append(test_loss), hist["test_acc"].append(test_acc)
+        hist["test_loss"].append(test_loss)
+        hist["test_acc"].append(test_acc)
         train_loss = np.mean(hist["step_losses"][-len(losses) :])
         print(f"{label:>15}  epoch {epoch:2d}/{args.epochs}  train loss {train_loss:.4f}"
               f" | test loss {test_loss:.4f} acc {test_acc:.4f} | {hist['epoch_s'][-1]:.1f} s", flush=True)

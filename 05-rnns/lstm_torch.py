@@ -111,7 +111,8 @@ class LSTM(nn.Module):
                 h = torch.sigmoid(o) * torch.tanh(c)  # h_t = o_t * tanh(c_t)   (B, H)
                 hs.append(h)
             x = torch.stack(hs)  # (T, B, H): this layer's states are the next layer's inputs
-            h_n.append(h), c_n.append(c)
+            h_n.append(h)
+            c_n.append(c)
         return x, (torch.stack(h_n), torch.stack(c_n))  # (T, B, H), ((L, B, H), (L, B, H))
 
     @torch.no_grad()
@@ -313,7 +314,8 @@ def main(argv=None) -> dict:
             for g in grads:
                 g.mul_(torch.clamp(args.clip / (norm + 1e-6), max=1.0))  # g <- g * min(1, theta / ||g||)
             opt.step()
-            losses.append(loss.detach()), norms.append(norm.detach())
+            losses.append(loss.detach())
+            norms.append(norm.detach())
         hist["train_ppl"].append(math.exp(torch.stack(losses).mean().item()))
         hist["grad_norm"].append(torch.stack(norms).median().item())
         hist["val_ppl"].append(perplexity(model, val_corpus, args.batch_size, args.num_steps))

@@ -316,7 +316,8 @@ def main(argv=None) -> dict:
             for g in grads:
                 g.mul_(torch.clamp(args.clip / (norm + 1e-6), max=1.0))  # g <- g * min(1, theta / ||g||)
             opt.step()
-            losses.append(loss.detach()), norms.append(norm.detach())
+            losses.append(loss.detach())
+            norms.append(norm.detach())
         hist["train_ppl"].append(math.exp(torch.stack(losses).mean().item()))
         hist["grad_norm"].append(torch.stack(norms).median().item())
         hist["val_ppl"].append(perplexity(model, val_corpus, args.batch_size, args.num_steps))

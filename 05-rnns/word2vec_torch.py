@@ -367,9 +367,8 @@ def main(argv=None) -> dict:
     model = SkipGram(V, args.embed_size).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)  # minibatch order and noise words, epoch after epoch
-    heldout = lambda: evaluate(model, val_centers, val_contexts, probs, args.batch_size, args.num_noise,
-                               args.seed, device)
-    val_loss, val_auc = heldout()  # before training: log 2 and 0.5 exactly (all scores are 0)
+    held_out = (val_centers, val_contexts, probs, args.batch_size, args.num_noise, args.seed, device)
+    val_loss, val_auc = evaluate(model, *held_out)  # before training: log 2 and 0.5 exactly (all scores are 0)
     hist = {"step_loss": [], "train_loss": [], "val_loss": [val_loss], "val_auc": [val_auc], "epoch_s": []}
     n_batches = -(-len(centers) // args.batch_size)
 
@@ -389,8 +388,9 @@ def main(argv=None) -> dict:
             total, count = total + l * n, count + n
         hist["train_loss"].append(total / count)
         hist["epoch_s"].append(time.perf_counter() - t0)
-        val_loss, val_auc = heldout()
-        hist["val_loss"].append(val_loss), hist["val_auc"].append(val_auc)
+        val_loss, val_auc = evaluate(model, *held_out)
+        hist["val_loss"].append(val_loss)
+        hist["val_auc"].append(val_auc)
         print(f"epoch {epoch:2d}/{args.epochs}  loss {hist['train_loss'][-1]:.4f} | held-out loss {val_loss:.4f}, "
               f"pair AUC {val_auc:.3f} | {hist['epoch_s'][-1]:.1f} s", flush=True)
 
