@@ -22,7 +22,6 @@ Look first at `train_step`: forward, backward and update in one jitted pure func
 
 # %%
 import argparse
-import json
 import sys
 import time
 from functools import partial
@@ -35,7 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, kfold_splits, minibatches
+from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, kfold_splits, minibatches, save_metrics
 
 # %% [markdown]
 # ## The network as pure functions of a parameter pytree
@@ -278,7 +277,7 @@ def main(argv=None) -> dict:
                    "device": jax.devices()[0].platform},
         "history": {"folds": fold_hists, "final": final},
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     np.savez(out_dir / "params.npz", **{k: np.asarray(v) for k, v in params.items()})
     print(f"wrote {out_dir}/metrics.json, params.npz and figures")
     return metrics

@@ -29,7 +29,6 @@ backward needs (a "cache"), CS231n style, so the layers compose.
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, kfold_splits, minibatches
+from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, kfold_splits, minibatches, save_metrics
 
 # %% [markdown]
 # ## Layers: each forward beside its backward
@@ -328,7 +327,7 @@ def main(argv=None) -> dict:
         "config": {**vars(args), "sizes": sizes, "n_train": len(Xtr), "n_test": len(Xte)},
         "history": {"folds": fold_hists, "final": final},
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     np.savez(out_dir / "params.npz", **params)
     print(f"wrote {out_dir}/metrics.json, params.npz and figures")
     return metrics

@@ -25,7 +25,6 @@ the transpose, (D_in, D_out), and compute x W.
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 from tqdm import tqdm
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, kfold_splits, minibatches
+from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, kfold_splits, minibatches, save_metrics
 
 # %% [markdown]
 # ## The network
@@ -268,7 +267,7 @@ def main(argv=None) -> dict:
         "config": {**vars(args), "sizes": sizes, "n_train": len(Xtr), "n_test": len(Xte), "device": str(device)},
         "history": {"folds": fold_hists, "final": final},
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     torch.save(model.state_dict(), out_dir / "model.pt")
     print(f"wrote {out_dir}/metrics.json, model.pt and figures")
     return metrics

@@ -36,7 +36,6 @@ Look first at `Adadelta.step`: d is g rescaled by two RMS values, and no learnin
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The optimizer
@@ -208,7 +207,7 @@ def main(argv=None) -> dict:
     metrics = {"script": Path(__file__).stem, "test_acc": test_acc, "test_loss": test_loss,
                "first_loss": step_losses[0], "final_train_loss": epoch_losses[-1],
                "sec_per_epoch": float(np.median(epoch_s)), "config": vars(args), "epoch_losses": epoch_losses}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     return metrics
 
 

@@ -35,7 +35,6 @@ early epochs, behind by the seventh, as Adagrad's steps shrink and SGD's do not.
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The optimizer
@@ -209,7 +208,7 @@ def main(argv=None) -> dict:
     metrics = {"script": Path(__file__).stem, "test_acc": test_acc, "test_loss": test_loss,
                "first_loss": step_losses[0], "final_train_loss": epoch_losses[-1],
                "sec_per_epoch": float(np.median(epoch_s)), "config": vars(args), "epoch_losses": epoch_losses}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, out_dir / "checkpoint.pt")
     return metrics
 

@@ -46,7 +46,6 @@ one line; then at learning_curves.png, the two models side by side.
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The layer: forward beside backward
@@ -291,7 +290,7 @@ def main(argv=None) -> dict:
                "sec_per_epoch_without": float(np.median(plain["epoch_s"])),
                "config": {**vars(args), "sizes": sizes},
                "history": {label: {k: v for k, v in h.items() if k != "step_loss"} for label, h in hists.items()}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"wrote {out_dir}/metrics.json and learning_curves.png")
     return metrics
 

@@ -47,7 +47,6 @@ pools over, and test accuracy of GroupNorm and BatchNorm trained at batch sizes 
 
 # %%
 import argparse
-import json
 import sys
 import time
 from functools import partial
@@ -59,7 +58,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, kfold_splits, minibatches
+from data import DataError, fashion_mnist, kfold_splits, minibatches, save_metrics
 
 # %% [markdown]
 # ## The normalizations
@@ -381,7 +380,7 @@ def main(argv=None) -> dict:
                "sec_per_epoch": float(np.median(final["epoch_s"])),
                "config": {**vars(args), "n_test": len(Xte), "device": jax.devices()[0].platform},
                "history": {k: v for k, v in final.items() if k != "step_loss"}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"wrote {out_dir}/metrics.json and groupnorm.png")
     return metrics
 

@@ -51,7 +51,6 @@ the figure: the axes each norm averages over, and test accuracy at batch size 2 
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -63,7 +62,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, kfold_splits, minibatches
+from data import DataError, fashion_mnist, kfold_splits, minibatches, save_metrics
 
 # %% [markdown]
 # ## The layer
@@ -317,7 +316,7 @@ def main(argv=None) -> dict:
         "bs_curves": {label: {str(bs): acc for bs, acc in by_bs.items()} for label, by_bs in curves.items()},
         "config": vars(args),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     torch.save(model.state_dict(), out_dir / "checkpoint.pt")
     print(f"wrote {out_dir}/metrics.json and groupnorm.png")
     return metrics

@@ -37,7 +37,6 @@ axis, where gamma no longer factors out; then at learning_curves.png, the two mo
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The layer: forward beside backward
@@ -247,7 +246,7 @@ def main(argv=None) -> dict:
                "sec_per_epoch_without": float(np.median(plain["epoch_s"])),
                "config": {**vars(args), "sizes": sizes},
                "history": {label: {k: v for k, v in h.items() if k != "step_loss"} for label, h in hists.items()}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"wrote {out_dir}/metrics.json and learning_curves.png")
     return metrics
 

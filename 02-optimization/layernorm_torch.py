@@ -38,7 +38,6 @@ three-layer MLP trains well without it; LayerNorm earns its place in deep residu
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The layer
@@ -247,7 +246,7 @@ def main(argv=None) -> dict:
                "sec_per_epoch_without": float(np.median(plain["epoch_s"])), "config": vars(args),
                "history": {label: {k: h[k] for k in ("epoch_losses", "test_acc", "test_loss")}
                            for label, h in hists.items()}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     torch.save({label: m.state_dict() for label, m in models.items()}, out_dir / "checkpoint.pt")
     return metrics
 

@@ -42,7 +42,6 @@ then at dropout.png: the gap between train and test accuracy, with and without d
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The layer: forward beside backward
@@ -277,7 +276,7 @@ def main(argv=None) -> dict:
                "sec_per_epoch": float(np.median(drop["epoch_s"])),
                "config": {**vars(args), "sizes": sizes, "n_train": len(data[0]), "n_test": len(data[2])},
                "history": {label: {k: v for k, v in h.items() if k != "step_loss"} for label, h in hists.items()}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"test accuracy {metrics['test_acc']:.4f} with dropout, {metrics['test_acc_without']:.4f} without; "
           f"wrote {out_dir}/metrics.json and dropout.png")
     return metrics

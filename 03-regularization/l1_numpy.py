@@ -50,7 +50,6 @@ l1.png: the first-layer weights of the L1 run piled up below |w| = 1e-3.
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -60,7 +59,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the sparsity metric
 
@@ -273,7 +272,7 @@ def main(argv=None) -> dict:
          f"MLP {'-'.join(map(str, sizes))}, Adam, {len(data[0])} train images: L1 (lam {args.lam:g}) test acc "
          f"{metrics['test_acc']:.4f}, W1 {metrics['sparsity']:.1%} near 0 | without {metrics['test_acc_without']:.4f}, "
          f"{metrics['sparsity_without']:.1%}")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"L1: test acc {metrics['test_acc']:.4f} (train {metrics['train_acc']:.4f}), W1 near zero "
           f"{metrics['sparsity']:.3f} | without: test acc {metrics['test_acc_without']:.4f} "
           f"(train {metrics['train_acc_without']:.4f}), {metrics['sparsity_without']:.3f}")

@@ -48,7 +48,6 @@ goes for AdamW); then at l2.png: the train/test gap, the weight histograms and t
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The penalty: forward beside backward
@@ -290,7 +289,7 @@ def main(argv=None) -> dict:
                "sec_per_epoch": float(np.median(l2["epoch_s"])),
                "config": {**vars(args), "sizes": sizes},
                "history": {label: {k: v for k, v in h.items() if k != "step_loss"} for label, h in hists.items()}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"wrote {out_dir}/metrics.json and l2.png")
     return metrics
 

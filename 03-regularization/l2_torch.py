@@ -36,7 +36,6 @@ then at l2.png.
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The network and the penalty
@@ -253,7 +252,7 @@ def main(argv=None) -> dict:
                "sec_per_epoch": float(np.median(l2["epoch_s"])),
                "config": {**vars(args), "sizes": sizes, "device": str(device)},
                "history": {label: {k: v for k, v in h.items() if k != "step_loss"} for label, h in hists.items()}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"wrote {out_dir}/metrics.json and l2.png")
     return metrics
 

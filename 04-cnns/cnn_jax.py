@@ -29,7 +29,6 @@ Learning curves show the test accuracy after every epoch; nothing is chosen by i
 
 # %%
 import argparse
-import json
 import sys
 import time
 from functools import partial
@@ -43,7 +42,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, minibatches
+from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The network as pure functions of a parameter pytree
@@ -353,7 +352,7 @@ def main(argv=None) -> dict:
         "config": {**vars(args), "n_train": len(Xtr), "n_test": len(Xte), "device": jax.devices()[0].platform},
         "history": hist,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     np.savez(out_dir / "params.npz", **{k: np.asarray(v) for k, v in params.items()})
     print(f"wrote {out_dir}/metrics.json, params.npz and figures")
     return metrics

@@ -42,7 +42,6 @@ is chosen by it (epochs and widths are fixed in advance), so the final test accu
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,7 @@ from matplotlib.ticker import MaxNLocator
 from numpy.lib.stride_tricks import sliding_window_view
 from tqdm import tqdm
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, minibatches
+from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## Geometry shared by convolution and pooling: windows of a padded input, and the way back
@@ -520,7 +519,7 @@ def main(argv=None) -> dict:
         "config": {**vars(args), "n_train": len(Xtr), "n_test": len(Xte)},
         "history": hist,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     np.savez(out_dir / "params.npz", **params)
     print(f"wrote {out_dir}/metrics.json, params.npz and figures")
     return metrics

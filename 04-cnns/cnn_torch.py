@@ -28,7 +28,6 @@ transpose. Learning curves show the test accuracy after every epoch; nothing is 
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 from tqdm import tqdm
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, minibatches
+from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The network
@@ -314,7 +313,7 @@ def main(argv=None) -> dict:
         "config": {**vars(args), "n_train": len(Xtr), "n_test": len(Xte), "device": str(device)},
         "history": hist,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     torch.save(model.state_dict(), out_dir / "model.pt")
     print(f"wrote {out_dir}/metrics.json, model.pt and figures")
     return metrics

@@ -50,7 +50,6 @@ read), then at conv_demo.png: vertical and horizontal edges, and what padding an
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from data import DataError, fashion_mnist
+from data import DataError, fashion_mnist, save_metrics
 
 # %% [markdown]
 # ## Geometry: the output size, and clear errors for shapes that cannot work
@@ -348,7 +347,7 @@ def main(argv=None) -> dict:
         "naive_s": naive_s, "vectorised_s": vectorised_s, "speedup": naive_s / vectorised_s,
         "config": vars(args),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"wrote {out_dir}/metrics.json and conv_demo.png")
     return metrics
 

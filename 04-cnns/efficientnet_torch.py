@@ -70,7 +70,6 @@ Look first at `MBConv.forward` (expand, depthwise, excite, project, drop the bra
 
 # %%
 import argparse
-import json
 import math
 import sys
 import time
@@ -83,7 +82,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The pieces: squeeze-and-excitation, stochastic depth, the MBConv block
@@ -448,7 +447,7 @@ def main(argv=None) -> dict:
         "sec_per_epoch": float(np.median(hist["epoch_s"])),
         "config": {**vars(args), "device": str(device)}, "history": hist,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     torch.save(model.state_dict(), out_dir / "model.pt")
     print(f"wrote {out_dir}/metrics.json, model.pt and learning_curves.png")
     return metrics

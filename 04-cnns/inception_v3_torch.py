@@ -58,7 +58,6 @@ Look first at `InceptionB` (7x7 as 1x7 then 7x1), `ReductionA` (conv and pool si
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -70,7 +69,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## Building blocks: conv-BN-ReLU and the five module types
@@ -468,7 +467,7 @@ def main(argv=None) -> dict:
         "sec_per_epoch": float(np.median(hist["epoch_s"])),
         "config": {**vars(args), "device": str(device)}, "history": hist,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     torch.save(model.state_dict(), out_dir / "model.pt")
     print(f"wrote {out_dir}/metrics.json, model.pt and learning_curves.png")
     return metrics

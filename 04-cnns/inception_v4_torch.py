@@ -47,7 +47,6 @@ Look first at `InceptionV4.__init__` (the whole network is 4 A, 7 B, 3 C blocks)
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -59,7 +58,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## Building blocks: conv-BN-ReLU, the stem, the three Inception blocks and the two reductions
@@ -411,7 +410,7 @@ def main(argv=None) -> dict:
         "sec_per_epoch": float(np.median(hist["epoch_s"])),
         "config": {**vars(args), "device": str(device)}, "history": hist,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     torch.save(model.state_dict(), out_dir / "model.pt")
     print(f"wrote {out_dir}/metrics.json, model.pt and learning_curves.png")
     return metrics

@@ -50,7 +50,6 @@ at pooling.png, images and their edge maps pooled at kernel 2 and 3, stride 2.
 
 # %%
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -58,7 +57,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from numpy.lib.stride_tricks import sliding_window_view
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist
+from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, save_metrics
 
 # %% [markdown]
 # ## Geometry: int-or-pair arguments, checks, the output size
@@ -304,7 +303,7 @@ def main(argv=None) -> dict:
     metrics = {"script": Path(__file__).stem, "input_shape": [28, 28], "output_shapes": shapes,
                "shift_change": shift, "gradcheck_rel_error": check, "images": [int(i) for i in pick],
                "config": vars(args)}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"wrote {out_dir}/metrics.json and pooling.png")
     return metrics
 

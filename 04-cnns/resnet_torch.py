@@ -69,7 +69,6 @@ loop in `run`.
 
 # %%
 import argparse
-import json
 import math
 import os
 import random
@@ -87,7 +86,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist
+from data import DataError, fashion_mnist, save_metrics
 
 # %% [markdown]
 # ## Residual blocks
@@ -372,7 +371,7 @@ def pick_device(name, local_rank=0):
 
 
 # %%
-def run(args, device, rank, world):
+def run(args, device, rank, world, argv=None):
     """Train args.arch on Fashion-MNIST; rank 0 writes checkpoints, metrics and the figure. Returns the metrics."""
     main_rank = rank == 0
     say = print if main_rank else (lambda *a, **k: None)
@@ -473,7 +472,7 @@ def run(args, device, rank, world):
                "config": {**vars(args), "device": str(device), "n_train": len(Xtr), "n_test": len(Xte)},
                "history": hist}
     if main_rank:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        save_metrics(out_dir, metrics, __file__, argv)
         lrs = [args.lr * warmup_cosine(s, warmup, total) for s in range(total)]
         plot_curves(hist, lrs, steps_per_epoch, out_dir / "learning_curves.png",
                     f"{args.arch} on Fashion-MNIST: test accuracy {metrics['test_acc']:.4f}")
@@ -572,7 +571,7 @@ def main(argv=None) -> dict:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        metrics = run(args, device, dist.get_rank() if distributed else 0, world)
+        metrics = run(args, device, dist.get_rank() if distributed else 0, world, argv)
         if distributed:
             dist.barrier()  # nobody leaves while rank 0 still writes
         return metrics

@@ -53,7 +53,6 @@ Look first at `Block.forward` (three convs and a shortcut: the grouped conv is t
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -65,7 +64,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The block, form (c): 1x1 conv, grouped 3x3 conv, 1x1 conv, plus the shortcut
@@ -402,7 +401,7 @@ def main(argv=None) -> dict:
         "sec_per_epoch": float(np.median(hist["epoch_s"])),
         "config": {**vars(args), "device": str(device)}, "history": hist,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     torch.save(model.state_dict(), out_dir / "model.pt")
     print(f"wrote {out_dir}/metrics.json, model.pt and learning_curves.png")
     return metrics

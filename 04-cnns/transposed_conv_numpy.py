@@ -59,14 +59,13 @@ gather); then at transposed_conv.png, where a constant input shows the checkerbo
 
 # %%
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist
+from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, save_metrics
 
 # %% [markdown]
 # ## Geometry: int-or-pair arguments, checks, the output size
@@ -283,7 +282,7 @@ def main(argv=None) -> dict:
     plot_upsampling(rows, out_dir / "transposed_conv.png")
     metrics = {"script": Path(__file__).stem, "image": i, "input_shape": [28, 28], "output_shapes": shapes,
                "constant_input_interior": interior, "gradcheck_rel_error": check, "config": vars(args)}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"wrote {out_dir}/metrics.json and transposed_conv.png")
     return metrics
 

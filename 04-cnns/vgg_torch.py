@@ -49,7 +49,6 @@ Look first at CONFIGS and `VGG.__init__`: the whole family is one list of widths
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -61,7 +60,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The network: one list per configuration (Table 1 of the paper)
@@ -333,7 +332,7 @@ def main(argv=None) -> dict:
         "sec_per_epoch": float(np.median(hist["epoch_s"])),
         "config": {**vars(args), "device": str(device)}, "history": hist,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     torch.save(model.state_dict(), out_dir / "model.pt")
     print(f"wrote {out_dir}/metrics.json, model.pt and learning_curves.png")
     return metrics

@@ -45,7 +45,6 @@ runs/birnn_numpy/learning_curves.png shows both curves and that ceiling.
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
+
+from data import save_metrics
 
 # %% [markdown]
 # ## One direction: the vanilla RNN over T steps, forward and BPTT
@@ -336,7 +337,7 @@ def main(argv=None) -> dict:
         metrics[f"{name}_first_loss"], metrics[f"{name}_final_loss"] = hist["train_loss"][0], hist["train_loss"][-1]
         metrics[f"{name}_seconds"] = secs[name]
     metrics |= {"config": vars(args), "history": hists}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"held-out accuracy per position: bidirectional {metrics['birnn_val_acc']:.4f}, unidirectional "
           f"{metrics['uni_val_acc']:.4f} (forward-only ceiling {ceiling:.4f}); wrote {out_dir}/metrics.json")
     return metrics

@@ -50,7 +50,6 @@ its outputs reversed back), then at the figure: both nets, same budget, bidirect
 
 # %%
 import argparse
-import json
 import math
 import sys
 import time
@@ -63,7 +62,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches
+from data import DataError, fashion_mnist, minibatches, save_metrics
 
 # %% [markdown]
 # ## The layer
@@ -307,7 +306,7 @@ def main(argv=None) -> dict:
                "params_unidirectional": n_params["unidirectional"], "sec_per_epoch": float(np.median(bi["epoch_s"])),
                "sec_per_epoch_unidirectional": float(np.median(uni["epoch_s"])), "config": vars(args),
                "history": {label: {k: h[k] for k in ("test_acc", "test_loss")} for label, h in hists.items()}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     torch.save({label: m.state_dict() for label, m in models.items()}, out_dir / "checkpoint.pt")
     return metrics
 

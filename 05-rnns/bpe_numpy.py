@@ -75,7 +75,6 @@ runs/bpe_numpy/bpe_merges.png.
 
 # %%
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -85,7 +84,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import preprocess_timemachine, ptb, timemachine, tinyshakespeare, tokenize
+from data import preprocess_timemachine, ptb, save_metrics, timemachine, tinyshakespeare, tokenize
 from data.bpe import BPETokenizer
 
 EOW = "</w>"  # the end-of-word marker: a symbol of its own until merged with the word's last letters
@@ -326,7 +325,7 @@ def main(argv=None) -> dict:
         "bytelevel_seconds": byte_secs, "bytelevel_segmentations": bytelevel_segs,
         "timetraveller_ngrams_shared": shared, "config": vars(args),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"wrote {out_dir}/metrics.json and bpe_merges.png")
     return metrics
 

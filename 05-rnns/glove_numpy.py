@@ -57,7 +57,6 @@ runs/glove_numpy/embeddings_pca.png still separates the numbers from the pronoun
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -66,7 +65,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import Vocab, preprocess_timemachine, timemachine, tokenize
+from data import Vocab, preprocess_timemachine, save_metrics, timemachine, tokenize
 
 # Probe words for the toy corpus: each is frequent enough in The Time Machine to have a vector.
 PROBES = ("time", "night", "three", "white")
@@ -343,7 +342,7 @@ def main(argv=None) -> dict:
                "sec_per_epoch": float(np.mean(secs)), "neighbours": neighbours, "analogies": analogies,
                "analogies_right": sum(a["answer"] == a["expected"] for a in analogies),
                "config": vars(args), "history": {"loss": history}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"{np.mean(secs):.2f} s per epoch; analogies right {metrics['analogies_right']}/{len(analogies)}; "
           f"wrote {out_dir}/metrics.json, loss.png, embeddings_pca.png")
     return metrics

@@ -49,7 +49,6 @@ no better neighbours: AdaGrad stays the default, as in the paper.
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -60,7 +59,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import Vocab, ptb, tokenize
+from data import Vocab, ptb, save_metrics, tokenize
 
 PROBES = ("chip", "baby", "beautiful", "intel")
 # a : b :: c : ?   (the expected answer last; printed and counted, never asserted)
@@ -323,7 +322,7 @@ def main(argv=None) -> dict:
                "analogies": analogies,
                "analogies_right": sum(a["answer"] == a["expected"] for a in analogies),
                "config": vars(args), "history": {"loss": history, "sec": secs}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"{np.mean(secs):.1f} s per epoch; analogies right {metrics['analogies_right']}/{len(analogies)}; "
           f"wrote {out_dir}/metrics.json, loss.png, embeddings_pca.png")
     return metrics

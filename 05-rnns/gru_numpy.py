@@ -43,7 +43,6 @@ default the GRU too stayed at chance for 15 epochs. runs/gru_numpy/learning_curv
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
+
+from data import save_metrics
 
 # %% [markdown]
 # ## The cells: each layer's forward beside its backward through time
@@ -411,7 +412,7 @@ def main(argv=None) -> dict:
         metrics[f"{cell}_first_loss"], metrics[f"{cell}_final_loss"] = hist["train_loss"][0], hist["train_loss"][-1]
         metrics[f"{cell}_seconds"] = secs[cell]
     metrics |= {"config": vars(args), "history": hists}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"final held-out accuracy: GRU {metrics['gru_val_acc']:.3f}, RNN {metrics['rnn_val_acc']:.3f} "
           f"(chance {1 / args.symbols:.2f}); wrote {out_dir}/metrics.json and learning_curves.png")
     return metrics

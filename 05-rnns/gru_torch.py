@@ -43,7 +43,6 @@ with rnn_torch.py and lstm_torch.py (same size, same budget).
 
 # %%
 import argparse
-import json
 import math
 import sys
 import time
@@ -57,7 +56,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, Vocab, lm_batches_sequential, timemachine, tinyshakespeare, tokenize
+from data import DataError, Vocab, lm_batches_sequential, save_metrics, timemachine, tinyshakespeare, tokenize
 
 # %% [markdown]
 # ## The layer
@@ -340,7 +339,7 @@ def main(argv=None) -> dict:
                "sec_per_epoch": float(np.median(hist["epoch_s"])), "steps_per_epoch": steps,
                "params": sum(q.numel() for q in model.parameters()), "sample": hist["samples"][-1],
                "config": vars(args), "history": {k: hist[k] for k in ("train_ppl", "val_ppl", "grad_norm")}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     return metrics
 
 

@@ -53,7 +53,6 @@ Shakespeare, is where a character model generalises.
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -62,6 +61,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 from tqdm import tqdm
+
+from data import save_metrics
 
 # A short text to model (written for this script). Small enough to learn in minutes on a CPU;
 # rnn_torch.py trains the same kind of model on Tiny Shakespeare and The Time Machine.
@@ -373,7 +374,7 @@ def main(argv=None) -> dict:
         "sec_per_epoch": float(np.median(hist["epoch_s"])),
         "config": vars(args), "history": hist,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"wrote {out_dir}/metrics.json and perplexity.png")
     return metrics
 

@@ -48,7 +48,6 @@ gru_torch.py: the same size and budget, and the gated cells do clearly better.
 
 # %%
 import argparse
-import json
 import math
 import sys
 import time
@@ -62,7 +61,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, Vocab, lm_batches_sequential, timemachine, tinyshakespeare, tokenize
+from data import DataError, Vocab, lm_batches_sequential, save_metrics, timemachine, tinyshakespeare, tokenize
 
 # %% [markdown]
 # ## The layer
@@ -340,7 +339,7 @@ def main(argv=None) -> dict:
                "sec_per_epoch": float(np.median(hist["epoch_s"])), "steps_per_epoch": steps,
                "params": sum(q.numel() for q in model.parameters()), "sample": hist["samples"][-1],
                "config": vars(args), "history": {k: hist[k] for k in ("train_ppl", "val_ppl", "grad_norm")}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     return metrics
 
 

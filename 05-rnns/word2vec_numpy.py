@@ -85,7 +85,6 @@ of a 2-core machine shared with other jobs):
 # %%
 import argparse
 import heapq
-import json
 import sys
 import time
 from pathlib import Path
@@ -95,7 +94,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import draw_negatives, minibatches, noise_distribution, ptb_word2vec, skipgram_batches
+from data import draw_negatives, minibatches, noise_distribution, ptb_word2vec, save_metrics, skipgram_batches
 
 # %% [markdown]
 # ## One loss for all four: scores of output rows against an input vector, forward beside backward
@@ -530,7 +529,7 @@ def main(argv=None) -> dict:
                "config": vars(args)}
     if tree is not None:
         metrics["huffman_expected_depth"] = float((counts / counts.sum() * tree.depth).sum())
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     print(f"held-out true > shuffled pairs: {acc0:.3f} -> {acc:.3f}; {metrics['sec_per_epoch']:.1f} s per epoch; "
           f"wrote {out_dir}/metrics.json, loss.png, embeddings_pca.png")
     return metrics

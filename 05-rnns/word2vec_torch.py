@@ -73,7 +73,6 @@ then at the neighbours printed at the end and at runs/word2vec_torch/embeddings_
 
 # %%
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -91,6 +90,7 @@ from data import (
     noise_distribution,
     ptb_sentences,
     ptb_word2vec,
+    save_metrics,
     skipgram_batches,
     subsample,
 )
@@ -431,7 +431,7 @@ def main(argv=None) -> dict:
                "analogies_right_v_plus_u": result["V + U"][2], "analogies_asked": len(result["V"][1]),
                "pca_figure": has_pca, "config": vars(args),
                "history": {k: hist[k] for k in ("train_loss", "val_loss", "val_auc", "epoch_s")}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    save_metrics(out_dir, metrics, __file__, argv)
     return metrics
 
 

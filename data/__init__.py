@@ -1,4 +1,4 @@
-"""The one shared helper of Learning Arc: dataset loaders and index iterators.
+"""The one shared helper of Learning Arc: dataset loaders, index iterators and the command-line contract.
 
 Loaders return NumPy arrays (or plain Python text) so that every framework can use them.
 Where files come from: see ``data.files`` (explicit folder, ``$ARC_DATA_DIR``, ``data/cache``,
@@ -9,10 +9,12 @@ then a checksummed download).
     from data import lm_batches_random, lm_batches_sequential
     from data import ptb_word2vec, noise_distribution, skipgram_batches   # word2vec's dataset (d2l 15.3)
     from data import BPETokenizer                                          # byte-level BPE (d2l 15.6)
+    from data import positive_int, positive_float, probability, save_metrics  # the command-line contract
 """
 
 from .batches import kfold_splits, minibatches
 from .bpe import BPETokenizer
+from .cli import nonneg_float, nonneg_int, positive_float, positive_int, probability, save_metrics
 from .embeddings import (
     centers_and_contexts,
     draw_negatives,
@@ -50,11 +52,17 @@ __all__ = [
     "lm_batches_random",
     "lm_batches_sequential",
     "minibatches",
+    "nonneg_float",
+    "nonneg_int",
     "noise_distribution",
+    "positive_float",
+    "positive_int",
+    "probability",
     "preprocess_timemachine",
     "ptb",
     "ptb_sentences",
     "ptb_word2vec",
+    "save_metrics",
     "skipgram_batches",
     "subsample",
     "timemachine",

@@ -193,8 +193,14 @@ def skipgram_batches(
 # %% PTB, all steps
 
 
-def ptb_word2vec(max_window: int = 5, t: float = 1e-4, min_freq: int = 10, max_sentences: int | None = None,
-                 seed: int = 0, data_dir=None):
+def ptb_word2vec(
+    max_window: int = 5,
+    t: float = 1e-4,
+    min_freq: int = 10,
+    max_sentences: int | None = None,
+    seed: int = 0,
+    data_dir=None,
+):
     """PTB's training sentences, ready for word2vec: returns ``(vocab, counts, centers, contexts)``.
 
     The first ``max_sentences`` sentences (all if None) -> ``Vocab(min_freq)`` -> indices with every
