@@ -3,7 +3,7 @@
 A dataset file is looked for, in this order:
 
 1. the ``data_dir`` passed to the loader: the dataset's own folder, or a folder holding ``<name>/``;
-2. ``$ARC_DATA_DIR/<name>/``: offline copies (contributors point it at ``../shared/datasets``);
+2. ``$ARC_DATA_DIR/<name>/``: offline copies (CI points it at its offline copy of every dataset);
 3. ``data/cache/<name>/``: this repository's download cache (git-ignored).
 
 If it is in none of them it is downloaded into ``data/cache/<name>/`` from its canonical URL
@@ -46,12 +46,23 @@ class DataError(RuntimeError):
 
 
 def data_error(problem: str, path: Path | str, url: str) -> DataError:
-    """Build the one error message every loader uses: what went wrong, which file, from where."""
+    """Build the one error message every loader uses: what went wrong, which file, from where, what to do.
+
+    A file that exists here is never downloaded again, so the fix for a damaged local file is to
+    delete or replace it; for a missing file it is the internet or ``ARC_DATA_DIR``.
+    """
+    path = Path(path)
     arc = os.environ.get("ARC_DATA_DIR") or "<unset>"
-    fix = (
-        "connect to the internet so the file can be downloaded, or set ARC_DATA_DIR to a folder "
-        f"that holds {Path(path).parent.name}/{Path(path).name}"
-    )
+    if path.is_file():
+        fix = (
+            f"delete or replace {path} with a good copy (a deleted file is downloaded again into "
+            f"{CACHE_DIR / path.parent.name} when the internet is reachable)"
+        )
+    else:
+        fix = (
+            "connect to the internet so the file can be downloaded, or set ARC_DATA_DIR to a folder "
+            f"that holds {path.parent.name}/{path.name}"
+        )
     return DataError(
         f"{problem}\n  file:         {path}\n  source:       {url}\n  ARC_DATA_DIR: {arc}\n  fix:          {fix}"
     )
@@ -67,7 +78,13 @@ def candidate_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list
             )
         dirs += [Path(data_dir) / name, Path(data_dir)]
     if os.environ.get("ARC_DATA_DIR"):
-        dirs.append(Path(os.environ["ARC_DATA_DIR"]) / name)
+        arc = Path(os.environ["ARC_DATA_DIR"])
+        if not arc.is_dir():  # a mistyped or missing offline folder: say so rather than download
+            raise DataError(
+                f"ARC_DATA_DIR={arc} is not a folder: point it at a folder that holds {name}/, or unset it "
+                "to use data/cache and downloads"
+            )
+        dirs.append(arc / name)
     dirs.append(CACHE_DIR / name)
     return dirs
 

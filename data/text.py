@@ -82,7 +82,7 @@ class TextFile:
         return text
 
 
-# Pinned sha256 of each download (from ../shared/datasets/<name>/README.md); d2l's DATA_HUB pins
+# Pinned sha256 of each download (as published with each offline copy); d2l's DATA_HUB pins
 # sha1 090b5e7e... (timemachine.txt) and 319d85e5... (ptb.zip) for the same bytes.
 TIMEMACHINE = TextFile(
     "timemachine",

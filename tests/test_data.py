@@ -63,7 +63,7 @@ def copy_split(src: Path, dst: Path, split: str = "test") -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def real_dir() -> Path:
-    """The folder with the real Fashion-MNIST files: $ARC_DATA_DIR/fashion-mnist/ (CI: ../shared/datasets)
+    """The folder with the real Fashion-MNIST files: $ARC_DATA_DIR/fashion-mnist/ (CI: the offline copies)
     or, without ARC_DATA_DIR, the download cache that `make data` fills. Missing files fail, never skip."""
     root = Path(os.environ["ARC_DATA_DIR"]) if os.environ.get("ARC_DATA_DIR") else data.files.CACHE_DIR
     path = root.resolve() / fm.NAME
@@ -206,6 +206,8 @@ def test_loader_rejects_corrupt_local_images(real_dir, offline, tmp_path, monkey
     message = str(exc.value)
     assert str(images) in message and offline + images.name in message
     assert f"ARC_DATA_DIR: {real_dir.parent}" in message
+    # a local file is never downloaded again: the fix is to delete or replace it, not the internet
+    assert f"fix:          delete or replace {images}" in message and "connect to the internet" not in message
 
 
 def test_loader_rejects_label_outside_0_to_9(real_dir, offline, tmp_path):
@@ -315,7 +317,16 @@ def test_fashion_mnist_without_network_or_files(offline, tmp_path):
     message = str(exc.value)
     assert "t10k-images-idx3-ubyte.gz" in message
     assert offline + "t10k-images-idx3-ubyte.gz" in message and "ARC_DATA_DIR" in message
+    assert "fix:          connect to the internet" in message
     assert contents(tmp_path / "cache") == []
+
+
+def test_arc_data_dir_that_is_not_a_folder_is_reported(offline, tmp_path, monkeypatch):
+    """A mistyped ARC_DATA_DIR is named in one DataError, not silently skipped for a download."""
+    monkeypatch.setenv("ARC_DATA_DIR", str(tmp_path / "no-such-folder"))
+    with pytest.raises(DataError, match=r"ARC_DATA_DIR=.*no-such-folder is not a folder"):
+        fashion_mnist("test")
+    assert not (tmp_path / "cache").exists()
 
 
 def test_tests_cannot_reach_the_internet():

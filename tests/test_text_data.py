@@ -44,7 +44,7 @@ FILES = {"timemachine": tx.TIMEMACHINE, "tinyshakespeare": tx.TINYSHAKESPEARE, "
 
 @pytest.fixture(scope="module")
 def real_root() -> Path:
-    """The folder holding timemachine/, tinyshakespeare/ and ptb/: $ARC_DATA_DIR (CI: ../shared/datasets)
+    """The folder holding timemachine/, tinyshakespeare/ and ptb/: $ARC_DATA_DIR (CI: the offline copies)
     or, without it, the download cache `make data` fills. Missing files fail, never skip."""
     root = Path(os.environ["ARC_DATA_DIR"]) if os.environ.get("ARC_DATA_DIR") else data.files.CACHE_DIR
     files = [tx.TIMEMACHINE, tx.TINYSHAKESPEARE, *tx.PTB.values()]
