@@ -3,16 +3,7 @@
 Every piece is written out, forward and backward side by side: the linear layer, the ReLU, the
 softmax cross-entropy loss, He initialisation and minibatch stochastic gradient descent. Nothing
 is differentiated automatically; tests/test_mlp.py checks each backward against torch autograd.
-
-Reading: S. J. D. Prince, "Understanding Deep Learning" (MIT Press, 2023), chapters 3-5 (shallow
-and deep networks, loss functions as negative log-likelihoods), https://udlbook.github.io/udlbook/;
-K. He et al., "Delving Deep into Rectifiers" (2015), https://arxiv.org/abs/1502.01852 (He init).
-Arc: Recap to neural networks -- a neural network from scratch in NumPy.
-
-Run:  python 01-foundations/mlp_numpy.py              (5-fold CV, then train on all 60k, test)
-      python 01-foundations/mlp_numpy.py --folds 0    (skip cross-validation)
-      python 01-foundations/mlp_numpy.py --smoke      (seconds: 2k images, small net, 1 epoch)
-Look first at `linear_backward` beside `linear_forward`, and at the loss gradient (p - onehot(y)) / B.
+Each function returns what its backward needs (a "cache"), CS231n style, so the layers compose.
 
 The network, with L layers of widths D_0 = 784, D_1, ..., D_L = 10 and a batch x of B images:
 
@@ -20,11 +11,19 @@ The network, with L layers of widths D_0 = 784, D_1, ..., D_L = 10 and a batch x
     z_l = h_{l-1} W_l + b_l                   (B, D_l)    W_l (D_{l-1}, D_l), b_l (D_l,)
     h_l = ReLU(z_l) = max(z_l, 0)             for l < L
     logits = z_L                              (B, 10)
+    L = -(1/B) sum_i log softmax(logits_i)[y_i]      the labels' negative log-likelihood (UDL 5.5)
+    dL/dlogits = (softmax(logits) - onehot(y)) / B,  then the chain rule back to every W_l and b_l
+    theta <- theta - lr * dL/dtheta                  minibatch SGD
 
-The loss is the negative log-likelihood of the labels under the categorical distribution
-p = softmax(logits) (UDL 5.5): L = -(1/B) sum_i log p_{i, y_i}. Backpropagation applies the
-chain rule from the loss back to every W_l and b_l; each function below returns what its
-backward needs (a "cache"), CS231n style, so the layers compose.
+Reading: S. J. D. Prince, "Understanding Deep Learning" (MIT Press, 2023), chapters 3-5 (shallow
+and deep networks, loss functions as negative log-likelihoods), https://udlbook.github.io/udlbook/;
+K. He et al., "Delving Deep into Rectifiers" (2015), https://arxiv.org/abs/1502.01852 (He init).
+Arc: Recap to neural networks -- a neural network from scratch in NumPy.
+
+Run:  python 01-foundations/mlp_numpy.py              (5-fold CV, then train on all 60k, test)
+      python 01-foundations/mlp_numpy.py --no-cv --epochs 5 --hidden 512
+      python 01-foundations/mlp_numpy.py --smoke      (seconds: 2k images, small net, 1 epoch)
+Look first at `linear_backward` beside `linear_forward`, and at the loss gradient (p - onehot(y)) / B.
 """
 
 # %%
@@ -38,7 +37,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, kfold_splits, minibatches, save_metrics
+from data import (
+    FASHION_MNIST_CLASSES,
+    DataError,
+    fashion_mnist,
+    kfold_splits,
+    minibatches,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## Layers: each forward beside its backward
@@ -226,17 +235,20 @@ def fit(params, X, y, Xval, yval, epochs, batch_size, lr, rng, tag):
 
 # %%
 def plot_learning_curves(folds, final, path):
-    """Loss and accuracy per epoch: train (dashed) and validation (solid) for each fold, and the final run."""
+    """Loss and accuracy per epoch: train (dashed, x) and validation (solid, o) for each fold, and the final run.
+
+    Every epoch is a marker, so a one-epoch run (--smoke) still shows its points, not empty lines.
+    """
     fig = Figure(figsize=(11, 4), layout="constrained")
     for ax, key in zip(fig.subplots(1, 2), ["loss", "acc"]):
         for i, h in enumerate(folds):
             epochs = range(1, len(h["train_loss"]) + 1)
-            ax.plot(epochs, h[f"train_{key}"], "--", color=f"C{i}", alpha=0.7)
-            ax.plot(epochs, h[f"val_{key}"], "-", color=f"C{i}", label=f"fold {i + 1} (val)")
-        ax.plot(range(1, len(final["train_loss"]) + 1), final[f"train_{key}"], "k--", label="final run (train)")
-        ax.set(xlabel="epoch", ylabel=key, title=f"{'loss' if key == 'loss' else 'accuracy'}: "
-               "train dashed, validation solid")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.plot(epochs, h[f"train_{key}"], "--x", color=f"C{i}", alpha=0.7)
+            ax.plot(epochs, h[f"val_{key}"], "-o", ms=4, color=f"C{i}", label=f"fold {i + 1} (val)")
+        ax.plot(range(1, len(final["train_loss"]) + 1), final[f"train_{key}"], "k--s", ms=4, label="final run (train)")
+        ax.set(xlabel="epoch", ylabel=key, xlim=(0.5, len(final["train_loss"]) + 0.5),
+               title=f"{'loss' if key == 'loss' else 'accuracy'}: train dashed (x), validation solid (o)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
 
@@ -268,13 +280,15 @@ def plot_confusion(y_true, y_pred, path, title):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 20; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per run (default 20; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.1, help="SGD learning rate (default 0.1)")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=None,
                    help="hidden layer widths (default 256 128; 64 with --smoke)")
-    p.add_argument("--folds", type=int, default=5, help="K of K-fold cross-validation; 0 skips it (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--folds", type=positive_int, default=5, help="K of K-fold cross-validation, K >= 2 (default 5)")
+    p.add_argument("--no-cv", action="store_true", help="skip cross-validation: only the final run and the test")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and minibatch order (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/mlp_numpy)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
@@ -284,10 +298,8 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.folds == 1 or args.folds < 0:
-        p.error("--folds must be 0 (no cross-validation) or at least 2")
-    if min(args.epochs, args.batch_size, *args.hidden) < 1 or args.lr <= 0:
-        p.error("--epochs, --batch-size, --hidden and --lr must be positive")
+    if args.folds < 2:
+        p.error(f"--folds must be at least 2, got {args.folds} (--no-cv skips cross-validation)")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -301,7 +313,7 @@ def main(argv=None) -> dict:
     print(f"mlp_numpy: {' -> '.join(map(str, sizes))}, {len(Xtr)} train / {len(Xte)} test images")
 
     fold_hists = []
-    for k, (tr, va) in enumerate(kfold_splits(len(Xtr), args.folds, args.seed) if args.folds else []):
+    for k, (tr, va) in enumerate([] if args.no_cv else kfold_splits(len(Xtr), args.folds, args.seed)):
         params = init_params(sizes, init_rng)
         fold_hists.append(fit(params, Xtr[tr], ytr[tr], Xtr[va], ytr[va], args.epochs, args.batch_size,
                               args.lr, data_rng, tag=f"fold {k + 1}/{args.folds}"))

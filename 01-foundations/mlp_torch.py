@@ -3,7 +3,14 @@
 What mlp_numpy.py writes by hand, PyTorch provides: `nn.Linear` holds W and b, autograd records
 the forward pass and `loss.backward()` runs the chain rule through it, and `torch.optim.SGD`
 applies theta <- theta - lr * grad. The network, initialisation, data and minibatch order are the
-same as in the NumPy and JAX scripts, so the three can be compared line by line.
+same as in the NumPy and JAX scripts, so the three can be compared line by line. `pick_device` is
+the device picker that every PyTorch script of the arc carries a copy of.
+
+    h_0 = x,  z_l = h_{l-1} W_l^T + b_l,  h_l = ReLU(z_l) for l < L,  logits = z_L
+    L = -(1/B) sum_i log softmax(logits_i)[y_i]        (F.cross_entropy)
+    theta <- theta - lr * dL/dtheta                     (torch.optim.SGD)
+nn.Linear stores W_l as (D_out, D_in) and computes x W^T; the NumPy and JAX scripts store the
+transpose, (D_in, D_out), and compute x W.
 
 Reading: S. J. D. Prince, "Understanding Deep Learning" (2023), chapters 3-5,
 https://udlbook.github.io/udlbook/; PyTorch "Learn the Basics" (autograd, optimisation),
@@ -11,16 +18,10 @@ https://docs.pytorch.org/tutorials/beginner/basics/intro.html. He init: https://
 Arc: Recap to neural networks -- the same network in PyTorch.
 
 Run:  python 01-foundations/mlp_torch.py              (5-fold CV, then train on all 60k, test)
-      python 01-foundations/mlp_torch.py --folds 0    (skip cross-validation)
+      python 01-foundations/mlp_torch.py --no-cv --device cuda
       python 01-foundations/mlp_torch.py --smoke      (seconds: 2k images, small net, 1 epoch)
-      python 01-foundations/mlp_torch.py --device cuda
 Look first at `train_step`: zero_grad, forward, loss, backward, step -- the five lines of every
 PyTorch training loop.
-
-    h_0 = x,  z_l = h_{l-1} W_l^T + b_l,  h_l = ReLU(z_l) for l < L,  logits = z_L
-    L = -(1/B) sum_i log softmax(logits_i)[y_i]        (F.cross_entropy)
-Note: nn.Linear stores W_l as (D_out, D_in) and computes x W^T; the NumPy and JAX scripts store
-the transpose, (D_in, D_out), and compute x W.
 """
 
 # %%
@@ -37,7 +38,17 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 from tqdm import tqdm
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, kfold_splits, minibatches, save_metrics
+from data import (
+    FASHION_MNIST_CLASSES,
+    DataError,
+    fashion_mnist,
+    kfold_splits,
+    minibatches,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## The network
@@ -159,17 +170,20 @@ def fit(model, X, y, Xval, yval, epochs, batch_size, lr, rng, tag):
 
 # %%
 def plot_learning_curves(folds, final, path):
-    """Loss and accuracy per epoch: train (dashed) and validation (solid) for each fold, and the final run."""
+    """Loss and accuracy per epoch: train (dashed, x) and validation (solid, o) for each fold, and the final run.
+
+    Every epoch is a marker, so a one-epoch run (--smoke) still shows its points, not empty lines.
+    """
     fig = Figure(figsize=(11, 4), layout="constrained")
     for ax, key in zip(fig.subplots(1, 2), ["loss", "acc"]):
         for i, h in enumerate(folds):
             epochs = range(1, len(h["train_loss"]) + 1)
-            ax.plot(epochs, h[f"train_{key}"], "--", color=f"C{i}", alpha=0.7)
-            ax.plot(epochs, h[f"val_{key}"], "-", color=f"C{i}", label=f"fold {i + 1} (val)")
-        ax.plot(range(1, len(final["train_loss"]) + 1), final[f"train_{key}"], "k--", label="final run (train)")
-        ax.set(xlabel="epoch", ylabel=key, title=f"{'loss' if key == 'loss' else 'accuracy'}: "
-               "train dashed, validation solid")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.plot(epochs, h[f"train_{key}"], "--x", color=f"C{i}", alpha=0.7)
+            ax.plot(epochs, h[f"val_{key}"], "-o", ms=4, color=f"C{i}", label=f"fold {i + 1} (val)")
+        ax.plot(range(1, len(final["train_loss"]) + 1), final[f"train_{key}"], "k--s", ms=4, label="final run (train)")
+        ax.set(xlabel="epoch", ylabel=key, xlim=(0.5, len(final["train_loss"]) + 0.5),
+               title=f"{'loss' if key == 'loss' else 'accuracy'}: train dashed (x), validation solid (o)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
 
@@ -201,13 +215,15 @@ def plot_confusion(y_true, y_pred, path, title):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 20; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per run (default 20; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.1, help="SGD learning rate (default 0.1)")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=None,
                    help="hidden layer widths (default 256 128; 64 with --smoke)")
-    p.add_argument("--folds", type=int, default=5, help="K of K-fold cross-validation; 0 skips it (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--folds", type=positive_int, default=5, help="K of K-fold cross-validation, K >= 2 (default 5)")
+    p.add_argument("--no-cv", action="store_true", help="skip cross-validation: only the final run and the test")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and minibatch order (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
@@ -219,10 +235,8 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.folds == 1 or args.folds < 0:
-        p.error("--folds must be 0 (no cross-validation) or at least 2")
-    if min(args.epochs, args.batch_size, *args.hidden) < 1 or args.lr <= 0:
-        p.error("--epochs, --batch-size, --hidden and --lr must be positive")
+    if args.folds < 2:
+        p.error(f"--folds must be at least 2, got {args.folds} (--no-cv skips cross-validation)")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
@@ -241,7 +255,7 @@ def main(argv=None) -> dict:
     print(f"mlp_torch: {' -> '.join(map(str, sizes))}, {len(Xtr)} train / {len(Xte)} test images on {device}")
 
     fold_hists = []
-    for k, (tr, va) in enumerate(kfold_splits(len(Xtr), args.folds, args.seed) if args.folds else []):
+    for k, (tr, va) in enumerate([] if args.no_cv else kfold_splits(len(Xtr), args.folds, args.seed)):
         model = MLP(sizes).to(device)
         fold_hists.append(fit(model, to(Xtr[tr]), to(ytr[tr]), to(Xtr[va]), to(ytr[va]), args.epochs,
                               args.batch_size, args.lr, data_rng, tag=f"fold {k + 1}/{args.folds}"))

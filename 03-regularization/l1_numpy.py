@@ -9,33 +9,20 @@ unit's output and does not make the function wigglier, so it is left free, as d2
 
 Why it gives exactly zero weights (UDL 9.1, d2l 3.7). L2's pull lam * w shrinks with w, so a weight
 only approaches zero; L1's pull lam * sign(w) has the same size however small w is, so a weight whose
-data gradient is smaller than lam in magnitude is pushed all the way to zero and stays there (for
-plain gradient descent with a proximal step, exactly; see below). Geometrically, minimising L_data
-subject to sum |w| <= c puts the solution on a diamond-shaped region whose corners lie on the axes, so
-the loss contours usually touch it at a corner, where some coordinates are exactly zero; L2's ball has
-no corners. As a prior, L1 is the MAP estimate under a Laplace prior p(w) ~ exp(-|w| / b), sharply
-peaked at zero, against L2's Gaussian. Fewer non-zero weights means a simpler function: the model
-cannot use every pixel, so it overfits the 5,000 training images less.
+data gradient is smaller than lam is pushed all the way to zero. Geometrically, minimising L_data
+subject to sum |w| <= c puts the solution on a diamond whose corners lie on the axes, where some
+coordinates are exactly zero; L2's ball has no corners. As a prior, L1 is the MAP estimate under a
+Laplace prior p(w) ~ exp(-|w| / b), sharply peaked at zero, against L2's Gaussian.
 
 What Adam does to it. Adam divides each coordinate's gradient by its running RMS, so the constant pull
-lam becomes a step of about lr toward zero for every weight the data do not hold up, however small
-lam; and a fixed-size step overshoots: a weight at +1e-4 is moved by up to about lr = 1e-3 and crosses
-zero, the sign flips and it is pushed back, so weights hover in a band of about lr around zero (the
-histogram's L1 peak sits just below |w| = 1e-3) instead of landing on it. The run therefore
-counts the fraction of first-layer weights with |w| < 1e-3 ("near zero", the metric `sparsity`),
-and the histogram of log10 |w| shows the pile-up; exact zeros would need a proximal (soft-threshold)
-step after each update, w <- sign(w) max(|w| - lr lam, 0), which Adam's per-coordinate scaling does
-not fit cleanly.
+lam becomes a step of about lr toward zero for every weight the data do not hold up; a fixed-size step
+overshoots (a weight at +1e-4 moves by up to about lr = 1e-3 and crosses zero), so weights hover in a
+band of about lr around zero instead of landing on it. The run therefore counts the fraction of
+first-layer weights with |w| < 1e-3 (`sparsity`) and draws the histogram of log10 |w|. Exact zeros
+would need a proximal (soft-threshold) step, w <- sign(w) max(|w| - lr lam, 0), after each update.
 
 The run: the 784-256-128-10 MLP on the first 5,000 training images, trained with Adam (lr 1e-3, batch
-128, 30 epochs) from the same initial weights and minibatch order, once with lam = 1e-4 and once
-without. Measured (seed 0, 30 epochs, ~17 s): with L1, 39.8% of the first-layer weights end below
-|w| = 1e-3 (1.4% without), none exactly 0, at test accuracy 0.842 against 0.849 (train 0.968 against
-0.987, so the train-test gap falls from 0.138 to 0.126); W1's sum |w| falls from 9,278 to 3,040.
-lam was picked by measurement (same seed and schedule): lam 3e-5 puts 12.7% of W1 near zero at test
-accuracy 0.852, lam 1e-4 39.8% at 0.842, lam 3e-4 70.9% at 0.833 (train 0.923). Differences of half
-a point are within seed noise here; what L1 buys on this MLP is sparsity (two-fifths of the first-layer weights
-silenced) at little cost, more than a better test score.
+128, 30 epochs) from the same initial weights and minibatch order, once with lam = 1e-4 and once without.
 
 Reading: S. J. D. Prince, "Understanding Deep Learning" (2023), section 9.1 "Explicit regularization",
 https://udlbook.github.io/udlbook/; d2l 3.7 "Weight Decay", https://d2l.ai/chapter_linear-regression/weight-decay.html;
@@ -44,8 +31,8 @@ Arc: Regularization -- L1 in NumPy.
 
 Run:  python 03-regularization/l1_numpy.py [--lam 1e-4 --lr 1e-3 --epochs 30 --batch-size 128]
       python 03-regularization/l1_numpy.py --smoke
-Look first at `l1_penalty` and `l1_grad`: the penalty's forward and backward, then the right panel of
-l1.png: the first-layer weights of the L1 run piled up below |w| = 1e-3.
+Look first at `l1_penalty` and `l1_grad`: the penalty's forward and backward; then at the right
+panel of l1.png: where the first-layer weights of the two runs lie on the log10 |w| axis.
 """
 
 # %%
@@ -59,7 +46,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 NEAR_ZERO = 1e-3  # |w| below this counts as "near zero" in the sparsity metric
 
@@ -130,6 +126,7 @@ def loss_and_grads(params, x, y, lam=0.0):
     return data_loss + l1_penalty(params, lam), grads, logits, data_loss
 
 
+# Adam, as taught in 02-optimization/adam_numpy.py
 class Adam:
     """theta <- theta - lr * mhat / (sqrt(vhat) + eps), as 02-optimization/adam_numpy.py, on a dict in place."""
 
@@ -199,8 +196,8 @@ def plot(hists, W1s, path, title):
     ax_acc, ax_w, ax_log = fig.subplots(1, 3)
     for (label, h), color in zip(hists.items(), ["C0", "C1"]):
         epochs = range(1, len(h["train_acc"]) + 1)
-        ax_acc.plot(epochs, h["train_acc"], "--", color=color, label=f"{label} (train)")
-        ax_acc.plot(epochs, h["test_acc"], "-", color=color, label=f"{label} (test)")
+        ax_acc.plot(epochs, h["train_acc"], "--x", color=color, label=f"{label} (train)")  # markers: one epoch shows
+        ax_acc.plot(epochs, h["test_acc"], "-o", ms=4, color=color, label=f"{label} (test)")
     lim = max(np.abs(W).max() for W in W1s.values())
     for (label, W), color in zip(W1s.items(), ["C0", "C1"]):
         W = np.asarray(W).ravel()
@@ -209,7 +206,8 @@ def plot(hists, W1s, path, title):
                     label=f"{label}: {near_zero_fraction(W):.1%} below {NEAR_ZERO:g}")
     ax_log.axvline(np.log10(NEAR_ZERO), color="k", ls=":")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="train (dashed) and test (solid) accuracy")
-    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax_acc.set_xlim(0.5, len(epochs) + 0.5)  # one epoch (--epochs 1) is a point, not an empty axis
     ax_w.set(xlabel="w", ylabel="count (log)", title="first-layer weights")
     ax_log.set(xlabel="log10 |w|", ylabel="count", title="first-layer |w|: L1 piles them up near zero")
     for ax in (ax_acc, ax_w, ax_log):
@@ -225,23 +223,24 @@ def plot(hists, W1s, path, title):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--lam", type=float, default=1e-4, help="L1 strength lam >= 0 (default 1e-4)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 30; 2 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths (default 256 128; 64 smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--lam", type=nonneg_float, default=1e-4, help="L1 strength lam >= 0 (default 1e-4)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 30; 2 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                 help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=None,
+                 help="hidden widths (default 256 128; 64 smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and minibatch order (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/<script>)")
     p.add_argument("--smoke", action="store_true", help="seconds: 1,000 train / 1,000 test images, small net")
     args = p.parse_args(argv)
-    args.epochs = args.epochs if args.epochs is not None else (2 if args.smoke else 30)
-    args.hidden = args.hidden or ([64] if args.smoke else [256, 128])
-    args.batch_size = args.batch_size or (32 if args.smoke else 128)
-    if min(args.epochs, args.batch_size, *args.hidden) < 1 or not args.lr > 0:
-        p.error("--epochs, --batch-size, --hidden and --lr must be positive")
-    if not args.lam >= 0:
-        p.error(f"--lam must be >= 0, got {args.lam}")
+    if args.epochs is None:
+        args.epochs = 2 if args.smoke else 30
+    if args.hidden is None:
+        args.hidden = [64] if args.smoke else [256, 128]
+    if args.batch_size is None:
+        args.batch_size = 32 if args.smoke else 128
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:

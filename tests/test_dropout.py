@@ -196,14 +196,44 @@ def test_smoke_run(load_script, script, tmp_path):
     assert m["final_train_loss"] < m["first_loss"]
     assert m["test_acc"] > 0.5 and m["test_acc_without"] > 0.5  # chance: 0.1
     assert m["train_acc"] - m["test_acc"] < m["train_acc_without"] - m["test_acc_without"]
-    assert m["config"]["n_train"] == 1000 and m["config"]["p"] == 0.5
+    assert m["config"]["n_train"] == 1000 and m["config"]["dropout"] == 0.5
     assert json.loads((tmp_path / "metrics.json").read_text())["test_acc"] == m["test_acc"]
     assert (tmp_path / "dropout.png").stat().st_size > 10_000
 
 
+BAD_VALUES = [
+    (["--dropout", "1"], "--dropout"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--dropout", "-0.1"], "--dropout"),
+    (["--dropout", "nan"], "--dropout"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--hidden", "0"], "--hidden"),
+    (["--seed", "-1"], "--seed"),
+]
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_flags_exit_with_usage_error(load_script, script):
-    for argv in (["--p", "1.0"], ["--p", "-0.1"], ["--lr", "0"], ["--epochs", "0"]):
-        with pytest.raises(SystemExit) as exc:
-            load_script(script).main(["--smoke", *argv])
-        assert exc.value.code == 2
+@pytest.mark.parametrize("argv,flag", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_values_exit_2_naming_the_flag(load_script, script, argv, flag, capsys, monkeypatch, tmp_path):
+    """A bad value is a usage error (exit 2) that names its flag, before any data are read."""
+    module = load_script(script)
+    monkeypatch.setattr(
+        module, "load_data", lambda *a, **k: pytest.fail("data loaded before the arguments were checked")
+    )
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--smoke", "--out-dir", str(tmp_path), *argv])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # the usage lines above it list every flag
+    assert ": error:" in error and flag in error, error
+
+
+def test_unavailable_device_exits_2_before_loading(dt, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dt, "load_data", lambda *a, **k: pytest.fail("data loaded before the device check"))
+    with pytest.raises(SystemExit) as exc:
+        dt.main(["--device", "cuda", "--smoke", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 2 and "--device cuda: not available" in capsys.readouterr().err

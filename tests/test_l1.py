@@ -170,13 +170,40 @@ def test_negative_lam_raises(l1_np, l1_jax, l1_torch, lam):
         l1_torch.l1_penalty(l1_torch.MLP(SIZES), lam)
 
 
+BAD_VALUES = [
+    (["--lam", "-0.001"], "--lam"),
+    (["--lam", "nan"], "--lam"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--hidden", "0"], "--hidden"),
+    (["--seed", "-1"], "--seed"),
+]
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_flags_exit_with_usage_error(load_script, script, capsys):
-    for argv in (["--lam", "-0.001"], ["--lr", "0"], ["--epochs", "0"]):
-        with pytest.raises(SystemExit) as exc:
-            load_script(script).main(["--smoke", *argv])
-        assert exc.value.code == 2
-    assert "--lam must be >= 0" in capsys.readouterr().err
+@pytest.mark.parametrize("argv,flag", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_values_exit_2_naming_the_flag(load_script, script, argv, flag, capsys, monkeypatch, tmp_path):
+    """A bad value is a usage error (exit 2) that names its flag, before any data are read."""
+    module = load_script(script)
+    monkeypatch.setattr(
+        module, "load_data", lambda *a, **k: pytest.fail("data loaded before the arguments were checked")
+    )
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--smoke", "--out-dir", str(tmp_path), *argv])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # the usage lines above it list every flag
+    assert ": error:" in error and flag in error, error
+
+
+def test_unavailable_device_exits_2_before_loading(l1_torch, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(l1_torch, "load_data", lambda *a, **k: pytest.fail("data loaded before the device check"))
+    with pytest.raises(SystemExit) as exc:
+        l1_torch.main(["--device", "cuda", "--smoke", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 2 and "--device cuda: not available" in capsys.readouterr().err
 
 
 # --- the scripts run end to end ------------------------------------------------------------------

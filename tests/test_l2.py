@@ -218,13 +218,41 @@ def test_negative_lam_raises(l2np, l2jax, l2torch):
         l2torch.l2_penalty([torch.tensor(params["W1"])], -0.1)
 
 
+BAD_VALUES = [
+    (["--lam", "-0.01"], "--lam"),
+    (["--weight-decay", "-1"], "--weight-decay"),
+    (["--weight-decay", "inf"], "--weight-decay"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--hidden", "0"], "--hidden"),
+    (["--seed", "-1"], "--seed"),
+]
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-@pytest.mark.parametrize("flag", [["--lam", "-0.01"], ["--wd", "-1"]])
-def test_cli_rejects_negative_strength(load_script, script, flag, tmp_path, capsys):
+@pytest.mark.parametrize("argv,flag", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_values_exit_2_naming_the_flag(load_script, script, argv, flag, capsys, monkeypatch, tmp_path):
+    """A bad value is a usage error (exit 2) that names its flag, before any data are read."""
+    module = load_script(script)
+    monkeypatch.setattr(
+        module, "load_data", lambda *a, **k: pytest.fail("data loaded before the arguments were checked")
+    )
     with pytest.raises(SystemExit) as exc:
-        load_script(script).main([*flag, "--smoke", "--out-dir", str(tmp_path)])
+        module.main(["--smoke", "--out-dir", str(tmp_path), *argv])
     assert exc.value.code == 2
-    assert "must be >= 0" in capsys.readouterr().err
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # the usage lines above it list every flag
+    assert ": error:" in error and flag in error, error
+
+
+def test_unavailable_device_exits_2_before_loading(l2torch, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(l2torch, "load_data", lambda *a, **k: pytest.fail("data loaded before the device check"))
+    with pytest.raises(SystemExit) as exc:
+        l2torch.main(["--device", "cuda", "--smoke", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 2 and "--device cuda: not available" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- smoke runs

@@ -220,21 +220,49 @@ def test_smoke_run(load_script, script, tmp_path):
 def test_same_seed_same_numbers(load_script, script, tmp_path):
     """A CPU run repeated with the same seed gives the same numbers; another seed gives others."""
     main = load_script(script).main
-    run = lambda seed, out: main(["--smoke", "--folds", "0", "--seed", str(seed), "--out-dir", str(tmp_path / out)])
+    run = lambda seed, out: main(["--smoke", "--no-cv", "--seed", str(seed), "--out-dir", str(tmp_path / out)])
     a, b, c = run(0, "a"), run(0, "b"), run(1, "c")
     assert a["cv_fold_acc"] == [] and a["cv_acc_mean"] is None
     assert (a["test_loss"], a["final_train_loss"]) == (b["test_loss"], b["final_train_loss"])
     assert a["test_loss"] != c["test_loss"]
 
 
+BAD_VALUES = [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "-4"], "--batch-size"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--hidden", "64", "0"], "--hidden"),
+    (["--seed", "-1"], "--seed"),
+    (["--folds", "0"], "--folds"),
+    (["--folds", "1"], "--folds"),
+]
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_flags_exit_with_usage_error(load_script, script, capsys):
-    main = load_script(script).main
-    for argv in (["--folds", "1"], ["--lr", "0"], ["--batch-size", "-4"]):
-        with pytest.raises(SystemExit) as exc:
-            main(["--smoke", *argv])
-        assert exc.value.code == 2
-    assert "--folds must be 0" in capsys.readouterr().err
+@pytest.mark.parametrize("argv,flag", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_values_exit_2_naming_the_flag(load_script, script, argv, flag, capsys, monkeypatch, tmp_path):
+    """A bad value is a usage error (exit 2) that names its flag, before any data are read."""
+    module = load_script(script)
+    monkeypatch.setattr(
+        module, "load_data", lambda *a, **k: pytest.fail("data loaded before the arguments were checked")
+    )
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--smoke", "--out-dir", str(tmp_path), *argv])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # the usage lines above it list every flag
+    assert ": error:" in error and flag in error, error
+
+
+def test_unavailable_device_exits_2_before_loading(mlp_torch, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(mlp_torch, "load_data", lambda *a, **k: pytest.fail("data loaded before the device check"))
+    with pytest.raises(SystemExit) as exc:
+        mlp_torch.main(["--device", "cuda", "--smoke", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 2 and "--device cuda: not available" in capsys.readouterr().err
 
 
 def test_epoch_benchmark_runs(load_script, tmp_path):
