@@ -1,68 +1,36 @@
-"""ResNet from the paper, trained on Fashion-MNIST by the project's complete training script.
+"""ResNet (He et al. 2015) in PyTorch, trained on Fashion-MNIST by the project's complete training script.
 
-BasicBlock and Bottleneck, the ImageNet ResNet-18..152 and the paper's CIFAR ResNet-20..110; the trainer
-adds hand-written augmentation, warm-up + cosine SGD, label smoothing, bf16, checkpoints with exact resume,
-a NaN guard and multi-process DistributedDataParallel.
+BasicBlock and Bottleneck, the ImageNet ResNet-18..152 and the paper's CIFAR ResNet-20..110; the trainer `run`
+adds hand-written augmentation, warm-up + cosine SGD, label smoothing, bf16, checkpoints with exact resume, a
+NaN guard and multi-process DistributedDataParallel. Plain nets get worse as they get deeper, with higher
+*training* error (the degradation problem, Figure 1), though the extra layers could learn the identity.
+A residual block makes the identity the default; the layers learn only the residual F(x) = H(x) - x:
 
-The idea. Adding layers to a network that works should never hurt: the new layers could learn the identity.
-Yet plain nets get worse as they get deeper -- higher *training* error, so it is not overfitting; the paper
-calls it the degradation problem (its Figure 1). A residual block makes the identity the default:
+    y = ReLU(F(x) + x)             identity shortcut (eq. 1)
+    y = ReLU(F(x) + W_s x)         projection shortcut (eq. 2), where the shape changes
+    dL/dx = dL/dy (I + dF/dx)      the gradient reaches every earlier block through the identity, intact
+    lr(s) = peak (s + 1) / W  for s < W,   peak (1 + cos(pi (s - W) / (T - W))) / 2  after   (step s of T)
 
-    y = ReLU(F(x) + x)            identity shortcut (eq. 1): the layers learn only F(x) = H(x) - x
-    y = ReLU(F(x) + W_s x)        projection shortcut (eq. 2) where the shape changes
-
-The stacked layers fit the residual F(x) = H(x) - x of the wanted mapping H, not H itself. To pass x on
-unchanged they need only F = 0 (weights near zero), and a small correction to an identity is easier to
-find than a whole mapping. Why it trains: backpropagating through y = x + F(x) gives
-dL/dx = dL/dy (I + dF/dx), so the gradient reaches every earlier block through the identity term intact,
-not only through a product of layer Jacobians. Balduzzi et al. (2017) sharpen this: in deep plain ReLU
-nets the gradient, as a function of the input, is "shattered" -- its correlation between nearby inputs
-decays exponentially with depth until it looks like white noise -- while with identity shortcuts it
-decays only sublinearly, so the gradients keep telling the optimiser something. UDL chapter 11 tells the
-same story and adds why each residual branch carries a BatchNorm: every addition grows the activations'
-variance, and the normalisation keeps it bounded.
-
-Shapes. ImageNet models (Table 1, 224x224): stem conv 7x7/2 64 - BN - ReLU - maxpool 3x3/2 (B, 64, 56, 56);
-four stages of widths 64, 128, 256, 512 at 56, 28, 14, 7 pixels (the first block of stages 2-4 has
-stride 2); global average pool, fc (B, num_classes). A BasicBlock is [3x3, 3x3] with output width w; a
-Bottleneck is [1x1 w, 3x3 w, 1x1 4w]: the 1x1s shrink and restore the channels so the 3x3 is cheap.
-Blocks per stage: 18 [2,2,2,2] and 34 [3,4,6,3] basic; 50 [3,4,6,3], 101 [3,4,23,3], 152 [3,8,36,3]
-bottleneck. Projection shortcuts (option B, 1x1 conv + BN) where the shape changes; the stride sits in
-the 3x3 conv of a Bottleneck ("ResNet v1.5"; the paper strides its first 1x1; the counts are the same).
-`small_input=True` (28x28 Fashion-MNIST, what `run` trains): stem conv 3x3/1 64 - BN - ReLU, no max-pool, stages at
-28, 14, 7, 4 pixels. CIFAR models (section 4.2), depth 6n+2: conv 3x3 16, three stages of n BasicBlocks
-at 16, 32, 64 channels (28, 14, 7 pixels here), average pool, fc; their shortcuts are option A (identity,
-subsampled, zero-padded channels: no parameters), as in the paper, whose Table 6 counts they reproduce
-(0.27M, 0.46M, 0.66M, 0.85M, 1.7M). The ImageNet counts equal torchvision's (11,689,512 for ResNet-18).
-Init: Kaiming normal (fan_out, ReLU) for convs, BN weight 1 and bias 0, torch's default for the fc.
-
-Training (`run`). Fashion-MNIST, pixels / 255, augmented per batch by hand (random crop of the image padded
-by 2 zero pixels, horizontal flip), then standardised with the training set's mean and std; SGD with Nesterov
-momentum 0.9 and weight decay on conv/fc weights only (BN scales and shifts and biases are not decayed), a
-per-step schedule of linear warm-up then cosine decay to 0, label smoothing, bf16 autocast on CUDA,
-optional torch.compile and gradient-norm clipping. Every epoch writes out_dir/checkpoint.pt atomically
-(model, optimizer, scheduler, RNG states, epoch, history); `--resume` continues from it to the same final
-weights, since each epoch's minibatch order and augmentation come from (seed, epoch) alone. A non-finite
-loss stops the run with a message and leaves the last good checkpoint untouched. Under torchrun each
-process trains on its own shard of every epoch with DistributedDataParallel (gloo on CPU, nccl on CUDA).
+ImageNet models (Table 1): 7x7/2 stem and 3x3/2 max-pool, four stages of widths 64..512 at 56..7 pixels,
+BasicBlock [3x3, 3x3] (18, 34) or Bottleneck [1x1 w, 3x3 w, 1x1 4w] (50, 101, 152), projection shortcuts
+(option B), the Bottleneck's stride in its 3x3 (v1.5). CIFAR models (section 4.2), depth 6n + 2: three stages
+of n BasicBlocks at 16, 32, 64 channels, option A shortcuts (subsampled identity, zero channels appended: no
+parameters). small_input (28x28): a 3x3/1 stem, no max-pool. Every epoch writes checkpoint.pt atomically, and
+each epoch's minibatches and augmentation come from (seed, epoch) alone, so `--resume` reaches the same
+weights (same device and precision); it refuses a checkpoint trained with other values of the recipe flags.
+Ctrl-C stops with the command that resumes; a non-finite loss stops before it reaches weights or checkpoint.
 
 Reading: K. He, X. Zhang, S. Ren and J. Sun (2015), "Deep Residual Learning for Image Recognition", CVPR 2016,
-https://arxiv.org/abs/1512.03385; D. Balduzzi et al. (2017), "The Shattered Gradients Problem: If resnets are
-the answer, then what is the question?", https://arxiv.org/abs/1702.08591; S. J. D. Prince, "Understanding
-Deep Learning" (2023), chapter 11 "Residual networks", https://udlbook.github.io/udlbook/; P. Goyal et al.
-(2017), "Accurate, Large Minibatch SGD" (warm-up), https://arxiv.org/abs/1706.02677; PyTorch DDP tutorial,
+https://arxiv.org/abs/1512.03385; D. Balduzzi et al. (2017), "The Shattered Gradients Problem",
+https://arxiv.org/abs/1702.08591; S. J. D. Prince (2023), "Understanding Deep Learning", chapter 11
+"Residual networks", https://udlbook.github.io/udlbook/; P. Goyal et al. (2017), "Accurate, Large Minibatch
+SGD" (warm-up), https://arxiv.org/abs/1706.02677; PyTorch DDP tutorial,
 https://docs.pytorch.org/tutorials/intermediate/ddp_tutorial.html.
 Arc: Deep convolutional models: case studies -- ResNets (and the project's flagship trainer).
 
-Run:  python 04-cnns/resnet_torch.py               (ResNet-20, 4 epochs on all 60k images: aims at >= 0.90 test
-                                                   accuracy in under 10 minutes on two CPU cores; estimated)
-      python 04-cnns/resnet_torch.py --smoke       (seconds: 2k images, ResNet-20 at width 8, 1 epoch)
-      python 04-cnns/resnet_torch.py --resume      (continue a killed run from runs/resnet_torch/checkpoint.pt)
-      torchrun --nproc_per_node 2 04-cnns/resnet_torch.py              (data-parallel, 2 processes)
-      python 04-cnns/resnet_torch.py --arch resnet18 --epochs 40 --device cuda
-                                                   (the full recipe: batch 128, lr 0.1, wd 5e-4, label
-                                                   smoothing 0.1, 1 warm-up epoch; aims at >= 0.945; the
-                                                   zalandoresearch README reports 0.949; not yet measured)
+Run:  python 04-cnns/resnet_torch.py --smoke      (seconds: 2k images, ResNet-20 at width 8, 1 epoch)
+      python 04-cnns/resnet_torch.py --arch resnet18 --epochs 40 --device cuda     (add --resume to continue)
+      torchrun --nproc_per_node 2 04-cnns/resnet_torch.py    (ResNet-20, 4 epochs, data-parallel on 2 processes)
 Look first at `BasicBlock.forward` (the residual in one line: out + self.shortcut(x)), then at the training
 loop in `run`.
 """
@@ -72,6 +40,7 @@ import argparse
 import math
 import os
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -86,7 +55,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    probability,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## Residual blocks
@@ -247,6 +225,7 @@ def resnet110(num_classes=1000, in_channels=3, small_input=True, width=16):
 
 MODELS = {f.__name__: f for f in [resnet18, resnet34, resnet50, resnet101, resnet152,
                                   resnet20, resnet32, resnet44, resnet56, resnet110]}
+CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]  # first-stage width 16; the others 64
 
 # %% [markdown]
 # ## Data: Fashion-MNIST, hand-written augmentation, this rank's minibatches
@@ -258,7 +237,8 @@ def load_data(data_dir=None, n_train=None, smoke=False):
     pixel mean and std (the standardisation is applied after augmentation, so padding is black)."""
     Xtr, ytr = fashion_mnist("train", data_dir)
     Xte, yte = fashion_mnist("test", data_dir)
-    n_train = n_train or (2048 if smoke else len(Xtr))
+    if n_train is None:
+        n_train = 2048 if smoke else len(Xtr)
     Xtr, ytr = Xtr[:n_train], ytr[:n_train]
     if smoke:
         Xte, yte = Xte[:500], yte[:500]
@@ -303,6 +283,7 @@ def epoch_batches(n, batch_size, seed, epoch, rank=0, world=1):
 
 
 # %%
+# The cosine schedule, as taught in 04-cnns/cnn_numpy.py (here per step, after a linear warm-up).
 def warmup_cosine(step, warmup, total):
     """lr multiplier of optimizer step `step` (from 0): linear warm-up to 1 over `warmup` steps, cosine to 0 after.
 
@@ -356,6 +337,7 @@ def set_rng_states(states):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py (here with the GPU of this process under torchrun).
 def pick_device(name, local_rank=0):
     """'auto' picks cuda, then mps, then cpu; under torchrun each process takes the GPU of its LOCAL_RANK."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -379,10 +361,14 @@ def run(args, device, rank, world, argv=None):
     ckpt_path = out_dir / "checkpoint.pt"
     Xtr, ytr, Xte, yte, mean, std = load_data(args.data_dir, args.n_train, args.smoke)
     Xtr, ytr, Xte, yte = (torch.from_numpy(a).to(device) for a in (Xtr, ytr, Xte, yte))
+    # What fixes the run's trajectory: --resume refuses a checkpoint trained with other values. (--device, --amp,
+    # --compile, --threads, --data-dir may change; the very same weights need the same device and precision.)
+    recipe = ["arch", "base_channels", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
+              "label_smoothing", "clip", "seed"]
+    config = {k: getattr(args, k) for k in recipe} | {"n_train": len(Xtr), "nproc_per_node": world}
 
     torch.manual_seed(args.seed)  # the initial weights: the same on every rank (DDP also broadcasts rank 0's)
-    config = {"small_input": True} | ({"width": args.width} if args.width else {})
-    net = MODELS[args.arch](num_classes=10, in_channels=1, **config).to(device)
+    net = MODELS[args.arch](num_classes=10, in_channels=1, small_input=True, width=args.base_channels).to(device)
     n_params = sum(p.numel() for p in net.parameters())
     model = DistributedDataParallel(net) if world > 1 else net  # averages the gradients across ranks in backward
     if args.compile:
@@ -398,9 +384,12 @@ def run(args, device, rank, world, argv=None):
     start = 1
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file, with NumPy RNG state
-        if ck["arch"] != args.arch or ck["epochs"] != args.epochs:
-            raise SystemExit(f"error: {ckpt_path} is from --arch {ck['arch']} --epochs {ck['epochs']}; "
-                             "resume with those")
+        saved = ck.get("config", {})
+        if differ := [k for k in config if saved.get(k) != config[k]]:
+            flags = lambda c: " ".join(f"--{k.replace('_', '-')} {c.get(k, '(not recorded)')}" for k in differ)
+            say(f"error: {ckpt_path} was trained with {flags(saved)}, not {flags(config)}: resume with the "
+                "checkpoint's values, or train afresh without --resume or with another --out-dir", file=sys.stderr)
+            raise SystemExit(2)
         net.load_state_dict(ck["model"]), opt.load_state_dict(ck["optimizer"]), sched.load_state_dict(ck["scheduler"])
         set_rng_states(ck["rng"])
         hist, start = ck["history"], ck["epoch"] + 1
@@ -410,60 +399,63 @@ def run(args, device, rank, world, argv=None):
     say(f"resnet_torch: {args.arch} ({n_params:,} parameters), {len(Xtr)} train / {len(Xte)} test images, "
         f"{world} process(es) on {device}, {'bf16 autocast' if args.amp else 'float32'}")
 
-    step = (start - 1) * steps_per_epoch
-    for epoch in range(start, args.epochs + 1):
-        t0 = time.perf_counter()
-        seed = np.random.SeedSequence([args.seed, epoch, rank]).generate_state(1)[0]
-        gen = torch.Generator().manual_seed(int(seed))  # this rank's augmentation stream of this epoch
-        sums = torch.zeros(3, device=device)  # summed loss, correct, count of this rank's training examples
-        batches = epoch_batches(len(Xtr), args.batch_size, args.seed, epoch, rank, world)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", leave=False,
-                   disable=not (main_rank and sys.stdout.isatty()))
-        for idx in bar:
-            step += 1
-            idx = torch.from_numpy(idx).to(device)
-            x, t = (augment(Xtr[idx], gen) - mean) / std, ytr[idx]  # (b, 1, 28, 28), (b,)
-            with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
-                logits = model(x).float()  # (b, 10)
-            loss = F.cross_entropy(logits, t, label_smoothing=args.label_smoothing)
-            if step == args.fail_at_step:  # test hook: what a diverging run looks like
-                loss = loss * float("nan")
-            hist["step_loss"].append(loss.item())  # one host-device sync per step, for this check and the figure
-            if not math.isfinite(hist["step_loss"][-1]):  # stop before the bad step reaches weights or checkpoint
-                kept = f"the checkpoint of epoch {epoch - 1} in {ckpt_path} is kept" if epoch > 1 else "no checkpoint"
-                raise SystemExit(f"error: loss is {hist['step_loss'][-1]} at epoch {epoch}, step {step}: training "
-                                 f"diverged; {kept}. Lower --lr, raise --warmup-epochs or set --clip, then run again.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # under DDP the gradients are all-reduced (averaged) here, bucket by bucket
-            if args.clip:
-                nn.utils.clip_grad_norm_(net.parameters(), args.clip)  # rescale g if ||g|| > clip
-            opt.step()
-            sched.step()
-            sums += torch.stack([loss.detach() * len(t), (logits.argmax(1) == t).sum().float(),
-                                 torch.tensor(float(len(t)), device=device)])
-            if not bar.disable:
-                bar.set_postfix(loss=f"{hist['step_loss'][-1]:.3f}", lr=f"{sched.get_last_lr()[0]:.4f}")
-        if world > 1:
-            dist.all_reduce(sums)
-            for b in net.buffers():  # BN running statistics were updated locally: take rank 0's everywhere
-                dist.broadcast(b, 0)
-        test_loss, test_acc = evaluate(net, Xte, yte, mean, std, args.amp, rank, world)
-        for key, value in [("train_loss", (sums[0] / sums[2]).item()), ("train_acc", (sums[1] / sums[2]).item()),
-                           ("test_loss", test_loss), ("test_acc", test_acc), ("lr", sched.get_last_lr()[0]),
-                           ("epoch_s", time.perf_counter() - t0)]:
-            hist[key].append(value)
-        say(f"epoch {epoch:2d}/{args.epochs}  train loss {hist['train_loss'][-1]:.4f} acc {hist['train_acc'][-1]:.4f}"
-            f" | test loss {test_loss:.4f} acc {test_acc:.4f} | lr {hist['lr'][-1]:.4f} | {hist['epoch_s'][-1]:.1f} s",
-            flush=True)
-        if main_rank:
-            save_checkpoint(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                                        "scheduler": sched.state_dict(), "rng": rng_states(), "epoch": epoch,
-                                        "history": hist, "arch": args.arch, "epochs": args.epochs})
-        if epoch == args.stop_after_epochs:  # test hook: a run killed after this epoch's checkpoint
-            return {"stopped_after_epoch": epoch}
+    step, saved_epoch, bar = (start - 1) * steps_per_epoch, start - 1, None  # saved_epoch 0: no checkpoint yet
+    try:
+        for epoch in range(start, args.epochs + 1):
+            t0 = time.perf_counter()
+            seed = np.random.SeedSequence([args.seed, epoch, rank]).generate_state(1)[0]
+            gen = torch.Generator().manual_seed(int(seed))  # this rank's augmentation stream of this epoch
+            sums = torch.zeros(3, device=device)  # summed loss, correct, count of this rank's training examples
+            batches = epoch_batches(len(Xtr), args.batch_size, args.seed, epoch, rank, world)
+            bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", leave=False,
+                       disable=not (main_rank and sys.stdout.isatty()))
+            for idx in bar:
+                step += 1
+                idx = torch.from_numpy(idx).to(device)
+                x, t = (augment(Xtr[idx], gen) - mean) / std, ytr[idx]  # (b, 1, 28, 28), (b,)
+                with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
+                    logits = model(x).float()  # (b, 10)
+                loss = F.cross_entropy(logits, t, label_smoothing=args.label_smoothing)
+                hist["step_loss"].append(loss.item())  # one host-device sync per step, for this check and the figure
+                if not math.isfinite(hist["step_loss"][-1]):  # stop before the bad step reaches weights or checkpoint
+                    kept = (f"the checkpoint of epoch {saved_epoch} in {ckpt_path} is kept" if saved_epoch
+                            else "no checkpoint was written")
+                    raise SystemExit(f"error: loss is {hist['step_loss'][-1]} at epoch {epoch}, step {step}: training "
+                                     f"diverged; {kept}. Lower --lr, raise --warmup-epochs or lower --clip, then "
+                                     "run again.")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # under DDP the gradients are all-reduced (averaged) here, bucket by bucket
+                if args.clip:  # rescale g to norm clip if ||g|| > clip (0: no clipping)
+                    nn.utils.clip_grad_norm_(net.parameters(), args.clip)
+                opt.step()
+                sched.step()
+                sums += torch.stack([loss.detach() * len(t), (logits.argmax(1) == t).sum().float(),
+                                     torch.tensor(float(len(t)), device=device)])
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{hist['step_loss'][-1]:.3f}", lr=f"{sched.get_last_lr()[0]:.4f}")
+            if world > 1:
+                dist.all_reduce(sums)
+                for b in net.buffers():  # BN running statistics were updated locally: take rank 0's everywhere
+                    dist.broadcast(b, 0)
+            test_loss, test_acc = evaluate(net, Xte, yte, mean, std, args.amp, rank, world)
+            for key, value in [("train_loss", (sums[0] / sums[2]).item()), ("train_acc", (sums[1] / sums[2]).item()),
+                               ("test_loss", test_loss), ("test_acc", test_acc), ("lr", sched.get_last_lr()[0]),
+                               ("epoch_s", time.perf_counter() - t0)]:
+                hist[key].append(value)
+            say(f"epoch {epoch:2d}/{args.epochs}  train loss {hist['train_loss'][-1]:.4f} acc "
+                f"{hist['train_acc'][-1]:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | lr {hist['lr'][-1]:.4f}"
+                f" | {hist['epoch_s'][-1]:.1f} s", flush=True)
+            if main_rank:
+                save_checkpoint(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                                            "scheduler": sched.state_dict(), "rng": rng_states(), "epoch": epoch,
+                                            "history": hist, "config": config})
+            saved_epoch = epoch
+    except KeyboardInterrupt:  # Ctrl-C: no traceback, but where the last checkpoint is and the command that resumes
+        if bar is not None:
+            bar.close()
+        say(interrupted_message(epoch, step, saved_epoch, ckpt_path, argv, world), file=sys.stderr)
+        raise SystemExit(130) from None  # 128 + SIGINT, the shell's code for a run stopped by Ctrl-C
 
-    if args.rank_weights:  # test hook: every rank's final parameters, to check that the replicas agree
-        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, out_dir / f"weights_rank{rank}.pt")
     metrics = {"script": Path(__file__).stem, "arch": args.arch, "params": n_params,
                "test_acc": hist["test_acc"][-1], "test_loss": hist["test_loss"][-1],
                "first_loss": hist["step_loss"][0], "final_train_loss": hist["train_loss"][-1],
@@ -479,6 +471,17 @@ def run(args, device, rank, world, argv=None):
         print(f"test accuracy {metrics['test_acc']:.4f}; wrote {out_dir}/metrics.json, checkpoint.pt and "
               "learning_curves.png")
     return metrics
+
+
+def interrupted_message(epoch, step, saved_epoch, ckpt_path, argv, world):
+    """Two lines for a run stopped by Ctrl-C: where its last checkpoint is, and the exact command that continues."""
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
+    launcher = ["python"] if world == 1 else ["torchrun", "--nproc_per_node", str(world)]
+    command = shlex.join([*launcher, os.path.relpath(__file__), *argv] + (["--resume"] if saved_epoch else []))
+    if saved_epoch:
+        return (f"interrupted in epoch {epoch} (step {step}); the checkpoint of epoch {saved_epoch} is {ckpt_path}. "
+                f"Resume with:\n  {command}")
+    return f"interrupted in epoch {epoch} (step {step}), before the first checkpoint. Start again with:\n  {command}"
 
 
 def plot_curves(hist, lrs, steps_per_epoch, path, title):
@@ -513,41 +516,43 @@ def plot_curves(hist, lrs, steps_per_epoch, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="resnet20", choices=list(MODELS), help="constructor to train (default resnet20)")
-    p.add_argument("--width", type=int, default=None,
-                   help="first-stage width (default: the paper's, 16 CIFAR / 64 ImageNet; 8 with --smoke)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 4; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="global minibatch (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate after warm-up (default 0.1)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 on conv/fc weights (default 5e-4)")
-    p.add_argument("--warmup-epochs", type=float, default=None,
+    p.add_argument("--base-channels", type=positive_int, default=None,
+                   help="first-stage channels, doubled at every later stage (default: the paper's, 16 for the CIFAR "
+                        "nets, 64 for the ImageNet ones; 8 for resnet20 with --smoke)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 4; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="global minibatch (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate after warm-up (default 0.1)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 on conv/fc weights (default 5e-4)")
+    p.add_argument("--warmup-epochs", type=nonneg_float, default=None,
                    help="linear warm-up length (default 1 epoch, or a fifth of the run if that is shorter)")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="target 1 - eps + eps/K (default 0.1)")
-    p.add_argument("--clip", type=float, default=5.0, help="max gradient norm; 0 turns clipping off (default 5)")
-    p.add_argument("--n-train", type=int, default=None, help="train on the first N images (default all; 2048 smoke)")
+    p.add_argument("--label-smoothing", type=probability, default=0.1, help="target 1 - eps + eps/K (default 0.1)")
+    p.add_argument("--clip", type=nonneg_float, default=5.0,
+                   help="max global gradient norm; 0 turns clipping off (default 5)")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="train on the first N images (default all; 2048 with --smoke)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default on for CUDA, off elsewhere)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (off by default)")
-    p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint.pt if it exists")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and augmentation (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from out_dir/checkpoint.pt if it exists; the flags that fix the run (all but "
+                        "--device, --amp, --compile, --threads, --data-dir) must equal the checkpoint's")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, minibatch order and augmentation (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="checkpoint, metrics and figure (default runs/resnet_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
-    for hook in ("--fail-at-step", "--stop-after-epochs"):  # test hooks: a NaN loss at a step; a kill after an epoch
-        p.add_argument(hook, type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--rank-weights", action="store_true", help=argparse.SUPPRESS)  # test hook: per-rank weights
     args = p.parse_args(argv)
     for name, normal, smoke in [("epochs", 4, 1), ("batch_size", 128, 32)]:
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else normal)
     args.warmup_epochs = min(1.0, args.epochs / 5) if args.warmup_epochs is None else args.warmup_epochs
-    if args.smoke and args.width is None and args.arch == "resnet20":
-        args.width = 8
-    if min(args.epochs, args.batch_size) < 1 or args.lr <= 0 or (args.width is not None and args.width < 1):
-        p.error("--epochs, --batch-size, --width and --lr must be positive")
-    if args.weight_decay < 0 or args.warmup_epochs < 0 or args.clip < 0 or not 0 <= args.label_smoothing < 1:
-        p.error("--weight-decay, --warmup-epochs and --clip must be >= 0, --label-smoothing in [0, 1)")
+    if args.base_channels is None:
+        args.base_channels = 8 if args.smoke and args.arch == "resnet20" else 16 if args.arch in CIFAR else 64
+    if args.warmup_epochs > args.epochs:
+        p.error(f"--warmup-epochs {args.warmup_epochs} must not exceed --epochs {args.epochs}")
     if args.n_train is not None and args.n_train < args.batch_size:
         p.error("--n-train must be at least --batch-size")
     world = int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun, with RANK, LOCAL_RANK, MASTER_ADDR/PORT
@@ -560,9 +565,10 @@ def main(argv=None) -> dict:
     args.amp = device.type == "cuda" if args.amp is None else args.amp
     if args.amp and device.type != "cuda":
         p.error("--amp (bf16 autocast) is for CUDA devices")
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    args.out_dir = str(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
+    if args.out_dir is None:
+        args.out_dir = str(Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
 
     distributed = "RANK" in os.environ

@@ -1,9 +1,15 @@
 """04-cnns/resnet_torch.py: parameter counts against the paper and torchvision, logits shapes, and the flagship
-trainer's mechanics: learning, smoke metrics, exact resume, the NaN guard and 2-process DDP on CPU (gloo)."""
+trainer's mechanics: the schedule's values, learning, smoke metrics, Ctrl-C and exact resume, the refusal of a
+checkpoint from another configuration, the NaN guard and 2-process DDP on CPU (gloo). The trainer has no test-only
+flags: tests reach a chosen step by replacing its `augment` (monkeypatch), and the DDP test runs this file under
+torchrun as a script that records each process's weights."""
 
 import hashlib
+import io
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,13 +20,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from data import fmnist
+
 SCRIPT = "04-cnns/resnet_torch.py"
 ROOT = Path(__file__).resolve().parent.parent
 # A fast trainer run: 512 images, ResNet-20 at width 8 (the --smoke default), batch 32: 16 steps per epoch.
 FAST = ["--smoke", "--n-train", "512", "--threads", "1"]
 
-# torchvision's published `num_params` (ImageNet, 3 channels, 1000 classes). 18, 34, 50: ../shared/reference/
-# architectures.md; 101 and 152: torchvision.models ResNet101_Weights / ResNet152_Weights metadata
+# torchvision's published `num_params` (ImageNet, 3 channels, 1000 classes). 18, 34, 50: docs/references.md;
+# 101 and 152: torchvision.models ResNet101_Weights / ResNet152_Weights metadata
 # (also pytorch.org/hub/pytorch_vision_resnet).
 IMAGENET_COUNTS = {
     "resnet18": 11_689_512,
@@ -163,17 +171,26 @@ def test_epoch_batches_shard_and_depend_only_on_seed_epoch(rn):
 
 
 def test_warmup_cosine(rn):
+    """Warm-up of W = 4 steps, then cosine over the T - W = 16 steps left: (s + 1) / W, then (1 + cos(pi (s - W) /
+    (T - W))) / 2, exactly at the ends, at half the peak midway through the decay."""
     f = rn.warmup_cosine
-    assert [f(s, 4, 20) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert f(4, 4, 20) == 1.0 and f(12, 4, 20) == pytest.approx(0.5) and f(20, 4, 20) == pytest.approx(0.0)
-    assert all(f(s, 4, 20) >= f(s + 1, 4, 20) for s in range(4, 20))
+    assert f(0, 4, 20) == 0.25  # the first step: 1 / W of the peak, never 0
+    assert f(1, 4, 20) == 0.5  # mid-warm-up
+    assert f(3, 4, 20) == 1.0  # the last warm-up step reaches the peak
+    assert f(4, 4, 20) == 1.0  # the first cosine step: cos 0 = 1
+    assert f(12, 4, 20) == pytest.approx(0.5, abs=1e-15)  # halfway through the decay: cos(pi / 2) = 0
+    assert f(8, 4, 20) == pytest.approx((1 + 2**-0.5) / 2, abs=1e-15)  # a quarter through: cos(pi / 4)
+    assert f(19, 4, 20) == pytest.approx((1 + np.cos(np.pi * 15 / 16)) / 2, abs=1e-15)  # the last step: 0.0096
+    assert f(20, 4, 20) == pytest.approx(0.0, abs=1e-15)  # after the last step (the final lr logged): 0
+    assert all(f(s, 4, 20) > f(s + 1, 4, 20) for s in range(4, 20))
+    assert f(0, 0, 10) == 1.0 and f(5, 0, 10) == pytest.approx(0.5, abs=1e-15)  # no warm-up: cosine from step 0
 
 
 @pytest.mark.parametrize("name,kw", [("resnet20", {"width": 8}), ("resnet50", {"small_input": True, "width": 8})])
 def test_loss_decreases_on_a_fixed_batch(rn, name, kw):
     torch.manual_seed(0)
     model = rn.MODELS[name](num_classes=10, in_channels=1, **kw)
-    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    x, y = torch.randn(32, 1, 16, 16), torch.randint(0, 10, (32,))  # 16x16: all blocks, a third of 28x28's cost
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
     for _ in range(20):  # memorise 32 random labels
@@ -190,54 +207,182 @@ def test_smoke_run(rn, tmp_path):
     assert m["arch"] == "resnet20" and m["params"] == count(rn.resnet20(10, 1, width=8))
     assert m["final_train_loss"] < m["first_loss"]
     assert m["test_acc"] > 0.4  # chance: 0.1
+    assert m["history"]["lr"] == [pytest.approx(0.0, abs=1e-15)]  # the cosine has ended at 0 after the last step
     assert json.loads((tmp_path / "metrics.json").read_text())["test_acc"] == m["test_acc"]
     assert (tmp_path / "learning_curves.png").stat().st_size > 10_000
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert ck["epoch"] == 1 and set(ck) >= {"model", "optimizer", "scheduler", "rng", "history"}
+    assert ck["epoch"] == 1 and set(ck) >= {"model", "optimizer", "scheduler", "rng", "history", "config"}
     assert ck["scheduler"]["last_epoch"] == 64  # 2048 images / batch 32
+    assert ck["config"]["n_train"] == 2048 and ck["config"]["base_channels"] == 8
 
 
 def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_resume_gives_the_same_weights_and_nan_stops(rn, tmp_path):
-    """A run killed after epoch 1 and resumed ends with exactly the weights of an uninterrupted run. A NaN loss in
-    epoch 2 stops with the message and leaves epoch 1's checkpoint as it was."""
-    full, cut, nan = tmp_path / "full", tmp_path / "cut", tmp_path / "nan"
-    m_full = rn.main([*FAST, "--epochs", "2", "--out-dir", str(full)])
-    assert rn.main([*FAST, "--epochs", "2", "--stop-after-epochs", "1", "--out-dir", str(cut)]) == {
-        "stopped_after_epoch": 1
+def break_augment_at(monkeypatch, rn, call, fault):
+    """Make the `call`-th call (from 1) of rn.augment, the per-step augmentation, return fault(images) instead:
+    a way into the training loop at a chosen step, without any hook in the script."""
+    augment, calls = rn.augment, []
+
+    def broken(x, gen):
+        calls.append(1)
+        return fault(augment(x, gen)) if len(calls) == call else augment(x, gen)
+
+    monkeypatch.setattr(rn, "augment", broken)
+
+
+def ctrl_c(x):
+    raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def stopped(rn, tmp_path_factory):
+    """A FAST run of 2 epochs (16 steps each) stopped by Ctrl-C at step 20 (in epoch 2): its out-dir, exit code,
+    stderr, and a pristine copy of that out-dir (epoch 1's checkpoint) for the tests that resume or refuse."""
+    out, pristine = tmp_path_factory.mktemp("stopped"), tmp_path_factory.mktemp("pristine")
+    argv = [*FAST, "--epochs", "2", "--out-dir", str(out)]
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as exc:
+        break_augment_at(mp, rn, 20, ctrl_c)
+        err = io.StringIO()
+        mp.setattr(sys, "stderr", err)
+        rn.main(argv)
+    assert exc.value.code == 130, err.getvalue()
+    shutil.copytree(out, pristine, dirs_exist_ok=True)
+    return {
+        "out": out,
+        "argv": argv,
+        "code": exc.value.code,
+        "err": err.getvalue(),
+        "pristine": pristine / "checkpoint.pt",
     }
-    shutil.copytree(cut, nan)
-    before = digest(nan / "checkpoint.pt")
-    m_cut = rn.main([*FAST, "--epochs", "2", "--resume", "--out-dir", str(cut)])
-    a = torch.load(full / "checkpoint.pt", weights_only=False)
-    b = torch.load(cut / "checkpoint.pt", weights_only=False)
+
+
+def copy_of(stopped, tmp_path):
+    shutil.copy(stopped["pristine"], tmp_path / "checkpoint.pt")
+    return tmp_path / "checkpoint.pt"
+
+
+def test_ctrl_c_prints_the_resume_command_which_gives_the_weights_of_an_uninterrupted_run(
+    rn, stopped, tmp_path, capsys
+):
+    """Ctrl-C in epoch 2: no traceback, exit 130, two lines naming epoch 1's checkpoint and the exact command; that
+    command, run as printed, ends with exactly the weights and history of a run that was never interrupted."""
+    assert stopped["code"] == 130
+    lines = stopped["err"].splitlines()
+    path = stopped["out"] / "checkpoint.pt"
+    assert len(lines) == 2 and "Traceback" not in stopped["err"]
+    assert lines[0] == f"interrupted in epoch 2 (step 20); the checkpoint of epoch 1 is {path}. Resume with:"
+    command = shlex.split(lines[1])
+    assert command == ["python", os.path.relpath(ROOT / SCRIPT), *stopped["argv"], "--resume"]
+    assert torch.load(path, weights_only=False)["epoch"] == 1
+
+    m_cut = rn.main(command[2:])  # the command as printed
+    assert f"resumed from {path} after epoch 1" in capsys.readouterr().out
+    m_full = rn.main([*FAST, "--epochs", "2", "--out-dir", str(tmp_path)])
+    a = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    b = torch.load(path, weights_only=False)
     assert a["epoch"] == b["epoch"] == 2 and a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "step_loss"):
         assert m_cut["history"][key] == m_full["history"][key], key
+    assert len(m_cut["history"]["step_loss"]) == 32
 
+
+def test_ctrl_c_before_the_first_checkpoint(rn, tmp_path, monkeypatch, capsys):
+    """Interrupted in epoch 1: there is nothing to resume, so the command printed starts the run again."""
+    break_augment_at(monkeypatch, rn, 3, ctrl_c)
+    argv = [*FAST, "--out-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        rn.main(argv)
+    assert exc.value.code == 130 and not (tmp_path / "checkpoint.pt").exists()
+    assert capsys.readouterr().err.splitlines() == [
+        "interrupted in epoch 1 (step 3), before the first checkpoint. Start again with:",
+        "  " + shlex.join(["python", os.path.relpath(ROOT / SCRIPT), *argv]),
+    ]
+
+
+def test_nan_loss_stops_and_keeps_the_checkpoint(rn, stopped, tmp_path, monkeypatch):
+    """A NaN loss at step 20 (NaN images in the 4th step after resuming at epoch 2) stops the run with the message
+    before the bad step is taken, leaving epoch 1's checkpoint as it was and writing no metrics."""
+    before = digest(copy_of(stopped, tmp_path))
+    break_augment_at(monkeypatch, rn, 4, lambda x: x * float("nan"))
     with pytest.raises(SystemExit, match=r"loss is nan at epoch 2, step 20.*epoch 1.*kept") as exc:
-        rn.main([*FAST, "--epochs", "2", "--resume", "--fail-at-step", "20", "--out-dir", str(nan)])
+        rn.main([*FAST, "--epochs", "2", "--resume", "--out-dir", str(tmp_path)])
     assert exc.value.code != 0
-    assert digest(nan / "checkpoint.pt") == before and not (nan / "metrics.json").exists()
+    assert digest(tmp_path / "checkpoint.pt") == before and not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flag,value,saved,shown",  # shown: the new value as the message prints it
+    [("--n-train", "256", "512", "256"), ("--batch-size", "64", "32", "64"), ("--seed", "1", "0", "1"),
+     ("--base-channels", "4", "8", "4"), ("--epochs", "3", "2", "3"), ("--lr", "0.05", "0.1", "0.05"),
+     ("--label-smoothing", "0", "0.1", "0.0")],
+)  # fmt: skip
+def test_resume_refuses_another_configuration(rn, stopped, tmp_path, capsys, flag, value, saved, shown):
+    """A checkpoint trained with other values of the flags that fix the run is refused in one line that names the
+    flag and both values, with exit code 2, before any weight is loaded or the checkpoint touched."""
+    before = digest(copy_of(stopped, tmp_path))
+    argv = [*FAST, "--epochs", "2", flag, value, "--resume", "--out-dir", str(tmp_path)]  # the later flag wins
+    with pytest.raises(SystemExit) as exc:
+        rn.main(argv)
+    assert exc.value.code == 2
+    m = re.fullmatch(r"error: (\S+) was trained with (.+), not (.+?): resume with the checkpoint's values.*\n",
+                     capsys.readouterr().err)  # fmt: skip
+    assert m and m[1] == str(tmp_path / "checkpoint.pt")
+    trained, now = (dict(zip(g.split()[::2], g.split()[1::2])) for g in (m[2], m[3]))
+    assert trained[flag] == saved and now[flag] == shown
+    assert trained.keys() == now.keys() <= {flag, "--warmup-epochs"}  # --epochs also moves the default warm-up
+    assert digest(tmp_path / "checkpoint.pt") == before and not (tmp_path / "metrics.json").exists()
+
+
+def test_resume_allows_device_threads_and_data_dir(rn, stopped, tmp_path, capsys):
+    """--device, --threads and --data-dir do not change the run: resuming with other values (here --threads left to
+    torch, --device and --data-dir given) continues it."""
+    copy_of(stopped, tmp_path)
+    data_dir = str(fmnist.files("train")["images"].parent)
+    argv = ["--smoke", "--n-train", "512", "--epochs", "2", "--device", "cpu", "--data-dir", data_dir]
+    m = rn.main([*argv, "--resume", "--out-dir", str(tmp_path)])
+    assert "resumed from" in capsys.readouterr().out
+    assert len(m["history"]["test_acc"]) == 2 and len(m["history"]["step_loss"]) == 32
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 2
+
+
+def record_rank_weights(argv):
+    """torchrun's target in the DDP test (this file run as a script): the trainer's main, with every process
+    saving its model's state after each evaluation (the last one follows training) to out_dir/weights_rank<r>.pt."""
+    sys.path.insert(0, str(ROOT / "04-cnns"))
+    import resnet_torch as rn
+
+    evaluate, out_dir = rn.evaluate, Path(argv[argv.index("--out-dir") + 1])
+
+    def evaluate_and_save(net, *args, **kwargs):
+        result = evaluate(net, *args, **kwargs)
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, out_dir / f"weights_rank{os.environ['RANK']}.pt")
+        return result
+
+    rn.evaluate = evaluate_and_save
+    rn.main(argv)
 
 
 def test_ddp_two_gloo_processes_keep_identical_weights(rn, tmp_path):
     """torchrun with 2 CPU processes: both ranks end with the same parameters and BN statistics (and rank 0's
     checkpoint holds them), having trained on disjoint halves of each epoch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT,
-           *FAST, "--epochs", "2", "--rank-weights", "--out-dir", str(tmp_path)]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
+           *FAST, "--epochs", "2", "--out-dir", str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     w0, w1 = (torch.load(tmp_path / f"weights_rank{r}.pt") for r in (0, 1))
-    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
-    assert w0.keys() == w1.keys() == ck.keys()
-    assert all(torch.equal(w0[k], w1[k]) and torch.equal(w0[k], ck[k]) for k in w0)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert w0.keys() == w1.keys() == ck["model"].keys()
+    assert all(torch.equal(w0[k], w1[k]) and torch.equal(w0[k], ck["model"][k]) for k in w0)
+    assert ck["config"]["nproc_per_node"] == 2
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["final_train_loss"] < m["first_loss"]
     start = rn.resnet20(10, 1, width=8).state_dict()
     assert not torch.equal(start["fc.weight"], w0["fc.weight"])  # it trained
+
+
+if __name__ == "__main__":
+    record_rank_weights(sys.argv[1:])
