@@ -9,12 +9,7 @@ Momentum's leaky average of g and RMSProp's leaky average of g^2, both corrected
     mhat_t = m_t / (1 - b1^t),  vhat_t = v_t / (1 - b2^t)     bias corrections
     theta_t = theta_{t-1} - lr * mhat_t / (sqrt(vhat_t) + eps)
 
-Why, after RMSProp and Adadelta: they follow the raw, noisy g_t, and their zero-started averages are
-uncorrected. E[m_t] = (1 - b1^t) E[g] for gradients of constant mean, so dividing by 1 - b1^t (and
-v_t by 1 - b2^t) removes the bias; steps are then about lr per coordinate from the first one on.
-What it still gets wrong: after large gradients turn small, v shrinks by b2 per step and the effective
-rate lr / sqrt(vhat) grows fast (Yogi bounds that change); and L2 folded into g is rescaled by
-1 / sqrt(vhat) like the rest, so it is not weight decay (AdamW decouples it).
+Why momentum plus RMSProp plus bias correction, and what it still gets wrong (Yogi, AdamW): adam_numpy.py.
 
 State: each parameter's m, v and step count t live in `self.state[p]`, created at its first step; the
 base class's `state_dict()` and `load_state_dict()` save and restore them, so a resumed run continues
@@ -22,7 +17,7 @@ exactly (t included, which the bias corrections need).
 
 Reading: Kingma and Ba (2015), "Adam: A Method for Stochastic Optimization", ICLR,
 https://arxiv.org/abs/1412.6980 (Algorithm 1); d2l 12.10, https://d2l.ai/chapter_optimization/adam.html.
-As torch.optim.Adam with amsgrad=False.
+As torch.optim.Adam with amsgrad=False (see docs/references.md).
 Arc: Optimization -- Adam in PyTorch on Fashion-MNIST.
 
 Run:  python 02-optimization/adam_torch.py [--lr 1e-3 --betas 0.9 0.999 --batch-size 128 --epochs 10 --device auto]
@@ -41,36 +36,24 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm import tqdm
 
 from data import DataError, fashion_mnist, minibatches, save_metrics
-
-# %% [markdown]
-# ## The optimizer
+from data.cli import nonneg_float, nonneg_int, positive_float, positive_int, probability
 
 
-# %%
+# %% The optimizer
 class Adam(torch.optim.Optimizer):
     """theta <- theta - lr * mhat / (sqrt(vhat) + eps), written from scratch (no torch.optim update function)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        if lr < 0:
-            raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
-        for i, beta in enumerate(betas):
-            if not 0 <= beta < 1:
-                raise ValueError(f"Invalid beta parameter at index {i}: {beta} (betas must be in [0, 1))")
-        if eps <= 0:
-            raise ValueError(f"Invalid epsilon value: {eps} (must be > 0)")
-        if weight_decay < 0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be >= 0)")
+        if not (lr >= 0 and all(0 <= b < 1 for b in betas) and eps > 0 and weight_decay >= 0):  # NaN fails too
+            raise ValueError(f"Invalid learning rate {lr}, betas {betas}, eps {eps} or weight_decay {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:  # some methods re-evaluate the loss; the API allows it
-            with torch.enable_grad():
-                loss = closure()
+        with torch.enable_grad():  # the API lets a step re-evaluate the loss first
+            loss = None if closure is None else closure()
         for group in self.param_groups:
             b1, b2 = group["betas"]
             for p in group["params"]:
@@ -92,129 +75,75 @@ class Adam(torch.optim.Optimizer):
         return loss
 
 
-# %% [markdown]
-# ## The network and data (as 01-foundations/mlp_torch.py)
-
-
-# %%
-class MLP(nn.Module):
-    """Linear layers of widths sizes = [784, *hidden, 10] with ReLU between them, He-initialised."""
-
-    def __init__(self, sizes):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(sizes[:-1], sizes[1:]))
-        for layer in self.layers:
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, x):  # (B, 784) -> (B, 10)
-        for layer in self.layers[:-1]:
-            x = F.relu(layer(x))
-        return self.layers[-1](x)
-
-
-def load_data(data_dir=None, smoke=False):
-    """Fashion-MNIST as float32 (N, 784) pixels standardised with the training split's mean and std."""
-    Xtr, ytr = fashion_mnist("train", data_dir)
-    Xte, yte = fashion_mnist("test", data_dir)
-    if smoke:  # a small real subset
-        Xtr, ytr, Xte, yte = Xtr[:2000], ytr[:2000], Xte[:1000], yte[:1000]
-    Xtr = Xtr.reshape(len(Xtr), -1).astype(np.float32) / 255
-    Xte = Xte.reshape(len(Xte), -1).astype(np.float32) / 255
-    mean, std = Xtr.mean(), Xtr.std()
-    return (Xtr - mean) / std, ytr, (Xte - mean) / std, yte
-
-
-@torch.no_grad()
-def evaluate(model, X, y):
-    """Mean loss and accuracy on the device tensors (X, y)."""
-    logits = model(X)
-    return F.cross_entropy(logits, y).item(), (logits.argmax(dim=1) == y).sum().item() / len(y)
-
-
-def plot_loss(step_losses, epoch_losses, steps_per_epoch, path, title):
-    """Training loss per step (light) with its moving average, and per epoch (dots)."""
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.subplots()
-    steps = np.arange(1, len(step_losses) + 1)
-    k = max(1, steps_per_epoch // 10)
-    ax.plot(steps, step_losses, color="C0", alpha=0.25, lw=0.6, label="minibatch loss")
-    ax.plot(steps[k - 1 :], np.convolve(step_losses, np.ones(k) / k, "valid"), color="C0", label=f"mean of {k} steps")
-    ax.plot(steps_per_epoch * np.arange(1, len(epoch_losses) + 1), epoch_losses, "ko", label="epoch mean")
-    ax.set(xlabel="step", ylabel="training loss", yscale="log", title=title)
-    ax.legend()
-    fig.savefig(path, dpi=120)
-
-
-# %% [markdown]
-# ## Training
-
-
-# %%
+# %% The MLP, data and training loop: identical in the ten PyTorch optimizer scripts, but for the optimizer's flags.
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 10; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"),
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999),
                    help="decays of m and v (default 0.9 0.999)")
-    p.add_argument("--eps", type=float, default=1e-8, help="added to sqrt(vhat) in the denominator (default 1e-8)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default 0)")
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
-                   help="hidden widths (default 256 128; 64 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--eps", type=positive_float, default=1e-8, help="added to sqrt(vhat) (default 1e-8)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="L2 penalty in the gradient (default 0)")
+    p.add_argument("--epochs", type=positive_int, help="default 10; 1 with --smoke")
+    p.add_argument("--batch-size", type=positive_int, help="default 128; 32 with --smoke")
+    p.add_argument("--hidden", type=positive_int, nargs="+", help="hidden widths (default 256 128; 64 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds the weights and the minibatch order")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
-    p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/<script>)")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
+    p.add_argument("--data-dir", help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
+    p.add_argument("--out-dir", help="where metrics.json, loss.png and checkpoint.pt go (default runs/<script>)")
+    p.add_argument("--smoke", action="store_true", help="one epoch on 2k real images, hidden 64")
     args = p.parse_args(argv)
-    args.epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 10)
-    args.hidden = args.hidden or ([64] if args.smoke else [256, 128])
-    args.batch_size = args.batch_size or (32 if args.smoke else 128)
-    if min(args.epochs, args.batch_size, *args.hidden) < 1:
-        p.error("--epochs, --batch-size and --hidden must be positive")
+    args.epochs = (1 if args.smoke else 10) if args.epochs is None else args.epochs
+    args.batch_size = (32 if args.smoke else 128) if args.batch_size is None else args.batch_size
+    args.hidden = ([64] if args.smoke else [256, 128]) if args.hidden is None else args.hidden
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     device = next(d for d, ok in available.items() if ok) if args.device == "auto" else args.device
-    if not available[device]:
+    if not available[device]:  # the device picker of 01-foundations/mlp_torch.py
         p.error(f"--device {device}: not available on this machine")
-    out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
+    out_dir = Path(args.out_dir or Path(__file__).resolve().parents[1] / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        Xtr, ytr, Xte, yte = (torch.from_numpy(a).to(device) for a in load_data(args.data_dir, args.smoke))
+        (Xtr, ytr), (Xte, yte) = fashion_mnist("train", args.data_dir), fashion_mnist("test", args.data_dir)
     except DataError as exc:
         sys.exit(f"error: {exc}")
+    n_tr, n_te = (2000, 1000) if args.smoke else (len(Xtr), len(Xte))  # --smoke: a small real subset
+    Xtr, ytr = Xtr[:n_tr].reshape(n_tr, -1).astype(np.float32) / 255, ytr[:n_tr]  # (N, 784) pixels in [0, 1]
+    Xte, yte = Xte[:n_te].reshape(n_te, -1).astype(np.float32) / 255, yte[:n_te]
+    mean, std = Xtr.mean(), Xtr.std()  # standardised with the training split's statistics
+    Xtr, ytr, Xte, yte = (torch.from_numpy(a).to(device) for a in ((Xtr - mean) / std, ytr, (Xte - mean) / std, yte))
 
     torch.manual_seed(args.seed)
-    model = MLP([Xtr.shape[1], *args.hidden, 10]).to(device)
-    try:
-        opt = Adam(model.parameters(), lr=args.lr, betas=args.betas, eps=args.eps, weight_decay=args.weight_decay)
-    except ValueError as exc:
-        p.error(str(exc))
-    data_rng = np.random.default_rng(args.seed)
-    step_losses, epoch_losses, epoch_s = [], [], []
-    steps_per_epoch = -(-len(Xtr) // args.batch_size)
+    sizes = [Xtr.shape[1], *args.hidden, 10]
+    linears = [nn.Linear(d_in, d_out) for d_in, d_out in zip(sizes[:-1], sizes[1:])]
+    for layer in linears:  # He initialisation, as 01-foundations/mlp_torch.py
+        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        nn.init.zeros_(layer.bias)
+    model = nn.Sequential(*[m for layer in linears[:-1] for m in (layer, nn.ReLU())], linears[-1]).to(device)
+    opt = Adam(model.parameters(), lr=args.lr, betas=args.betas, eps=args.eps, weight_decay=args.weight_decay)
+    data_rng, step_losses, epoch_losses, epoch_s = np.random.default_rng(args.seed), [], [], []
     for epoch in range(1, args.epochs + 1):
-        t0 = time.perf_counter()
-        losses = []
-        for idx in tqdm(minibatches(len(Xtr), args.batch_size, data_rng), total=steps_per_epoch,
-                        desc=f"epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
+        t0, losses = time.perf_counter(), []
+        for idx in minibatches(len(Xtr), args.batch_size, data_rng):
             idx = torch.from_numpy(idx).to(device)
-            opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.detach())
         step_losses += torch.stack(losses).tolist()  # one read from the device per epoch
         epoch_s.append(time.perf_counter() - t0)
-        epoch_losses.append(float(np.mean(step_losses[-steps_per_epoch:])))
-        test_loss, test_acc = evaluate(model, Xte, yte)
-        print(f"epoch {epoch:2d}/{args.epochs}  train loss {epoch_losses[-1]:.4f} | test loss {test_loss:.4f} "
-              f"acc {test_acc:.4f} | {epoch_s[-1]:.2f} s", flush=True)
+        epoch_losses.append(float(np.mean(step_losses[-len(losses) :])))
+        with torch.no_grad():
+            logits = model(Xte)
+        test_loss, test_acc = F.cross_entropy(logits, yte).item(), (logits.argmax(dim=1) == yte).float().mean().item()
+        print(f"epoch {epoch}: train loss {epoch_losses[-1]:.4f}, test loss {test_loss:.4f}, acc {test_acc:.4f}")
 
-    plot_loss(step_losses, epoch_losses, steps_per_epoch, out_dir / "loss.png", f"{Path(__file__).stem}, lr {args.lr}")
+    ax = Figure(figsize=(7, 4), layout="constrained").subplots()
+    ax.plot(np.arange(1, len(step_losses) + 1), step_losses, lw=0.6)
+    ax.set(xlabel="step", ylabel="minibatch loss", yscale="log", title=f"{Path(__file__).stem}, lr {args.lr}")
+    ax.figure.savefig(out_dir / "loss.png", dpi=120)
     metrics = {"script": Path(__file__).stem, "test_acc": test_acc, "test_loss": test_loss,
-               "first_loss": step_losses[0], "final_train_loss": epoch_losses[-1],
-               "sec_per_epoch": float(np.median(epoch_s)), "config": vars(args), "epoch_losses": epoch_losses}
+               "first_loss": step_losses[0], "final_train_loss": epoch_losses[-1], "epoch_losses": epoch_losses,
+               "sec_per_epoch": float(np.median(epoch_s)), "config": vars(args)}
     save_metrics(out_dir, metrics, __file__, argv)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, out_dir / "checkpoint.pt")
     return metrics

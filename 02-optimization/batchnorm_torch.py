@@ -8,49 +8,35 @@ and then given back a learned scale and shift (Ioffe and Szegedy 2015, Algorithm
     xhat_ic   = (x_ic - mu_c) / sqrt(sigma2_c + eps)    zero mean, unit variance per channel
     y_ic      = gamma_c * xhat_ic + beta_c              learned scale (`weight`) and shift (`bias`)
 
-What "per channel" covers: for (N, C) inputs the m = N values are the batch's examples; for conv
-feature maps (N, C, H, W) a channel is one filter applied at every position, so its statistics pool the
-batch AND all positions, m = N * H * W, and gamma, beta have one entry per channel (C,), not per pixel.
-That keeps the layer convolutional: every position of a feature map is normalised the same way.
+For (N, C) inputs the m = N values are the batch's examples; for conv feature maps (N, C, H, W) a
+channel's statistics pool the batch AND all positions, m = N * H * W, and gamma, beta have one entry
+per channel: every position of a feature map is normalised the same way.
 
-Train vs eval. In training the statistics come from the current batch, so an example's output depends
-on the others in its batch (a little noise that also regularises), and gradients flow through mu and
-sigma2 (autograd handles it here). At test time there may be one example, and the prediction must not
-depend on its neighbours, so eval mode uses running estimates of the population statistics instead,
-updated after each training batch (an exponential moving average, in place, outside autograd):
+Train vs eval: in training the statistics come from the current batch and gradients flow through them
+(autograd handles it here). Eval mode uses running estimates of the population statistics instead,
+updated after each training batch, in place and outside autograd:
 
     running_mean <- (1 - momentum) * running_mean + momentum * mu
     running_var  <- (1 - momentum) * running_var  + momentum * sigma2 * m / (m - 1)   (unbiased)
 
-The normalisation uses the biased sigma2 (it is the batch's exact variance); the running estimate uses
-the unbiased one, since it estimates the population's. In eval mode the layer is a fixed per-channel
-affine map, y = gamma (x - running_mean) / sqrt(running_var + eps) + beta. (torch's "momentum" is the
-weight of the NEW value, the opposite of the optimizer's convention.)
+so in eval mode the layer is a fixed per-channel affine map. (torch's "momentum" is the weight of the
+NEW value, the opposite of the optimizer's convention.)
 
-Why it helps: the network trains with much larger learning rates and is far less sensitive to the
-initialisation's scale; each layer's output scale no longer multiplies through depth, since it is
-reset every layer. The original paper credited this to reducing "internal covariate shift" (the drift
-of each layer's input distribution as earlier layers learn); that explanation is disputed: Santurkar
-et al. (2018) inject distribution shift after BatchNorm and training stays fast, and find instead that
-BatchNorm makes the loss and its gradients smoother (smaller Lipschitz constants), so large steps are
-safe. Caveats: small batches give noisy statistics, and training and eval behave differently (a model
-left in train mode at test time gives batch-dependent answers); LayerNorm (layernorm_torch.py) avoids
-both by normalising each example on its own.
+Why it helps: larger learning rates train, and the initialisation's scale matters far less; the paper
+credited "internal covariate shift", which Santurkar et al. (2018) dispute: BatchNorm makes the loss
+and its gradients smoother, so large steps are safe. Caveats: small batches give noisy statistics, and
+training and eval behave differently; LayerNorm (layernorm_torch.py) avoids both.
 
 Reading: S. Ioffe and C. Szegedy (2015), "Batch Normalization: Accelerating Deep Network Training by
-Reducing Internal Covariate Shift", ICML, https://arxiv.org/abs/1502.03167; S. Santurkar, D. Tsipras,
-A. Ilyas and A. Madry (2018), "How Does Batch Normalization Help Optimization?", NeurIPS,
-https://arxiv.org/abs/1805.11604; d2l 8.5, https://d2l.ai/chapter_convolutional-modern/batch-norm.html.
-As torch.nn.BatchNorm1d / BatchNorm2d (affine, tracking running statistics); their state_dicts load
-into each other (tests/test_norm_torch.py checks outputs, gradients and running statistics).
+Reducing Internal Covariate Shift", ICML, https://arxiv.org/abs/1502.03167; S. Santurkar et al. (2018),
+"How Does Batch Normalization Help Optimization?", NeurIPS, https://arxiv.org/abs/1805.11604; d2l 8.5,
+https://d2l.ai/chapter_convolutional-modern/batch-norm.html. As torch.nn.BatchNorm1d / BatchNorm2d.
 Arc: Optimization -- batch normalization in PyTorch.
 
 Run:  python 02-optimization/batchnorm_torch.py [--lr 0.02 --momentum 0.9 --batch-size 128 --epochs 3]
       python 02-optimization/batchnorm_torch.py --smoke
-Look first at `BatchNorm.forward`, then at the figure: the same CNN, initial weights, minibatch order and
-learning rate, with and without the BatchNorm layers. Expect the curves to lie close (default run: about
-0.89-0.90 test accuracy for both): two He-initialised conv layers at a moderate learning rate train well
-without it; normalisation matters more as nets get deeper and learning rates larger.
+Look first at `BatchNorm.forward`, then at learning_curves.png: the same CNN, initial weights, minibatch
+order and learning rate, with and without the BatchNorm layers.
 """
 
 # %%
@@ -67,6 +53,7 @@ from torch import nn
 from tqdm import tqdm
 
 from data import DataError, fashion_mnist, minibatches, save_metrics
+from data.cli import nonneg_int, positive_float, positive_int, probability
 
 # %% [markdown]
 # ## The layer
@@ -238,26 +225,24 @@ def plot_curves(hists, steps_per_epoch, path, title):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.02, help="learning rate, the same for both nets (default 0.02)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--bn-momentum", type=float, default=0.1, help="BatchNorm's running-average momentum (default 0.1)")
-    p.add_argument("--channels", type=int, nargs=2, default=None, metavar=("C1", "C2"),
+    p.add_argument("--epochs", type=positive_int, help="epochs (default 3; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.02, help="learning rate of both nets (default 0.02)")
+    p.add_argument("--momentum", type=probability, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--bn-momentum", type=probability, default=0.1, help="weight of the new value in the running stats")
+    p.add_argument("--channels", type=positive_int, nargs=2, metavar=("C1", "C2"),
                    help="channels of the two convs (default 16 32; 8 16 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and minibatch order (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/<script>)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
     args = p.parse_args(argv)
-    args.epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 3)
-    args.channels = args.channels or ([8, 16] if args.smoke else [16, 32])
-    args.batch_size = args.batch_size or (32 if args.smoke else 128)
-    if min(args.epochs, args.batch_size, *args.channels) < 1 or args.lr <= 0:
-        p.error("--epochs, --batch-size, --channels and --lr must be positive")
-    if not 0 <= args.momentum < 1:
-        p.error("--momentum must be in [0, 1)")
+    args.epochs = (1 if args.smoke else 3) if args.epochs is None else args.epochs
+    args.channels = ([8, 16] if args.smoke else [16, 32]) if args.channels is None else args.channels
+    args.batch_size = (32 if args.smoke else 128) if args.batch_size is None else args.batch_size
+    if args.batch_size < 2:  # a batch of one image still has H x W values per channel, but keep BN's usual floor
+        p.error("argument --batch-size: batch normalization needs at least 2 examples per batch")
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     device = next(d for d, ok in available.items() if ok) if args.device == "auto" else args.device
     if not available[device]:
@@ -272,10 +257,7 @@ def main(argv=None) -> dict:
     hists, models = {}, {}
     for label, batchnorm in [("BatchNorm", True), ("no norm", False)]:
         generator = torch.Generator().manual_seed(args.seed)  # the same initial conv and linear weights
-        try:
-            models[label] = CNN(args.channels, batchnorm, args.bn_momentum, generator).to(device)
-        except ValueError as exc:
-            p.error(str(exc))
+        models[label] = CNN(args.channels, batchnorm, args.bn_momentum, generator).to(device)
         hists[label] = train(models[label], data, args, device, label)
 
     steps_per_epoch = -(-len(data[0]) // args.batch_size)

@@ -19,19 +19,11 @@ One family, three special cases (which values share a mean and variance):
 No statistic ever mixes two examples, so GroupNorm behaves the same at batch size 2 as at 64 and the
 same in training and at test time (no running averages). BatchNorm's statistics at batch size 2 are
 estimates from 2 examples: noisy in training, and its eval-mode running averages then describe inputs
-the network never saw in training. How much that hurts depends on how many values each statistic
-pools: after a convolution, 2 x H x W per channel, and BatchNorm copes (with norms only in the conv
-layers we measured no loss at batch size 2); after a fully connected layer, one value per example, and
-a batch of 2 standardises every feature to exactly -1 or +1 (test_groupnorm_jax.py checks it), keeping
-only which example is larger. Deep CNNs meet the same wall in their late, small feature maps (Wu and
-He's figure 1). So the CNN here normalises all three hidden layers (two conv, one fully connected),
-and the batch-size experiment trains it with each norm at batch size 2 and 64 for the same number of
-epochs, long enough for both to level off, and plots test accuracy after every epoch.
-
-Measured (default run, CPU, seed 0): 3-fold CV accuracy 0.832 +- 0.008 on 6,000 images (2 epochs),
-test accuracy 0.839 on 10,000. Batch-size runs (2,000 images, 8 epochs, 2,000 test images, mean test
-accuracy of the last 3 epochs): GroupNorm 0.825 at batch size 2 and 0.832 at 64; BatchNorm 0.645 at 2
-and 0.840 at 64. (With norms only in the conv layers, an earlier version measured no BatchNorm penalty.)
+the network never saw in training. After a convolution each statistic still pools 2 x H x W values;
+after a fully connected layer a batch of 2 standardises every feature to exactly -1 or +1
+(test_groupnorm_jax.py checks it), keeping only which example is larger. So the CNN here normalises
+all three hidden layers (two conv, one fully connected), and the batch-size experiment trains it with
+each norm at batch size 2 and 64 for the same number of epochs and plots test accuracy after each.
 
 Reading: Y. Wu and K. He (2018), "Group Normalization", ECCV, https://arxiv.org/abs/1803.08494;
 d2l 8.5 (batch normalization), https://d2l.ai/chapter_convolutional-modern/batch-norm.html;
@@ -39,7 +31,7 @@ D. P. Kingma and J. Ba (2015), "Adam: A Method for Stochastic Optimization", htt
 As torch.nn.GroupNorm / F.group_norm (tests/test_groupnorm_jax.py checks outputs and gradients).
 Arc: Optimization -- group normalization in JAX.
 
-Run:  python 02-optimization/groupnorm_jax.py [--folds 3 --epochs 2 --groups 4]
+Run:  python 02-optimization/groupnorm_jax.py [--folds 3 --epochs 2 --groups 4 --bs-n-train 2000]
       python 02-optimization/groupnorm_jax.py --smoke
 Look first at `group_norm` (one reshape, two means), then at groupnorm.png: which axes each norm
 pools over, and test accuracy of GroupNorm and BatchNorm trained at batch sizes 2 and 64.
@@ -59,6 +51,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from data import DataError, fashion_mnist, kfold_splits, minibatches, save_metrics
+from data.cli import nonneg_int, positive_float, positive_int
 
 # %% [markdown]
 # ## The normalizations
@@ -174,6 +167,7 @@ def loss_fn(params, stats, x, y, norm, num_groups):
 
 
 # %%
+# Adam, as taught in 02-optimization/adam_numpy.py
 def adam_init(params):
     """Zero first and second moments m, v shaped like params, and the step count t = 0."""
     return {"t": jnp.zeros((), jnp.int32), "m": jax.tree.map(jnp.zeros_like, params),
@@ -295,35 +289,35 @@ def plot_results(curves, path, title):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs per CV / final run (default 2; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="CV/final minibatch (default 64; 40 smoke)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, every run (default 1e-3)")
-    p.add_argument("--groups", type=int, default=4, help="GroupNorm's number of groups G (default 4)")
-    p.add_argument("--channels", type=int, nargs=2, default=None, metavar=("C1", "C2"),
+    p.add_argument("--epochs", type=positive_int, help="epochs per CV / final run (default 2; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, help="CV/final minibatch (default 64; 40 smoke)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate, every run (default 1e-3)")
+    p.add_argument("--groups", type=positive_int, default=4, help="GroupNorm's number of groups G (default 4)")
+    p.add_argument("--channels", type=positive_int, nargs=2, metavar=("C1", "C2"),
                    help="channels of the two convs (default 16 32; 8 16 with --smoke)")
-    p.add_argument("--folds", type=int, default=None, help="K of K-fold cross-validation (default 3; 2 with --smoke)")
-    p.add_argument("--n-train", type=int, default=None, help="training images used (default 6000; 2000 smoke)")
-    p.add_argument("--bs-train", type=int, default=None, help="images of the batch-size runs (default 2000; 384 smoke)")
-    p.add_argument("--hidden", type=int, default=64, help="width of the normalised fully connected layer (default 64)")
-    p.add_argument("--bs-epochs", type=int, default=None, help="epochs of the batch-size runs (default 8; 1 smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, folds and minibatch order (default 0)")
+    p.add_argument("--folds", type=positive_int, help="K of K-fold cross-validation (default 3; 2 with --smoke)")
+    p.add_argument("--n-train", type=positive_int, help="training images used (default 6000; 2000 smoke)")
+    p.add_argument("--bs-n-train", type=positive_int, help="images of the batch-size runs (default 2000; 384 smoke)")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=[64],
+                   help="width of the one normalised fully connected layer (default 64)")
+    p.add_argument("--bs-epochs", type=positive_int, help="epochs of the batch-size runs (default 8; 1 smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights, folds and minibatch order (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/<script>)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
     args = p.parse_args(argv)
     if args.smoke:
-        defaults = dict(epochs=1, batch_size=40, channels=[8, 16], folds=2, n_train=2000, bs_train=384, bs_epochs=1)
+        defaults = dict(epochs=1, batch_size=40, channels=[8, 16], folds=2, n_train=2000, bs_n_train=384, bs_epochs=1)
     else:
-        defaults = dict(epochs=2, batch_size=64, channels=[16, 32], folds=3, n_train=6000, bs_train=2000, bs_epochs=8)
+        defaults = dict(epochs=2, batch_size=64, channels=[16, 32], folds=3, n_train=6000, bs_n_train=2000, bs_epochs=8)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.groups, args.n_train, args.bs_train, args.bs_epochs,
-           *args.channels, args.hidden) < 1 or args.lr <= 0:
-        p.error("every size, count and --lr must be positive")
     if args.folds < 2:
-        p.error("--folds must be at least 2")
-    if any(c % args.groups for c in [*args.channels, args.hidden]):
+        p.error("argument --folds: must be at least 2")
+    if len(args.hidden) != 1:
+        p.error("argument --hidden: this CNN has one fully connected hidden layer; give one width")
+    if any(c % args.groups for c in [*args.channels, *args.hidden]):
         p.error(f"--groups {args.groups} must divide the channel counts {args.channels} and --hidden {args.hidden}")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -341,7 +335,7 @@ def main(argv=None) -> dict:
     for k, (tr, va) in enumerate(kfold_splits(len(Xtr), args.folds, args.seed)):
         key, init_key = jax.random.split(key)
         params, stats, _ = fit(init_key, jnp.asarray(Xtr[tr]), jnp.asarray(ytr[tr]), args.epochs, args.batch_size,
-                               args.lr, data_rng, "gn", G, channels, args.hidden, tag=f"fold {k + 1}/{args.folds}")
+                               args.lr, data_rng, "gn", G, channels, args.hidden[0], tag=f"fold {k + 1}/{args.folds}")
         cv_acc.append(accuracy(params, stats, jnp.asarray(Xtr[va]), jnp.asarray(ytr[va]), "gn", G))
         print(f"fold {k + 1}: validation accuracy {cv_acc[-1]:.4f}")
     print(f"cross-validation accuracy: {np.mean(cv_acc):.4f} +- {np.std(cv_acc, ddof=1):.4f}")
@@ -349,20 +343,20 @@ def main(argv=None) -> dict:
     key, init_key = jax.random.split(key)
     Xte_d, yte_d = jnp.asarray(Xte), jnp.asarray(yte)
     params, stats, final = fit(init_key, jnp.asarray(Xtr), jnp.asarray(ytr), args.epochs, args.batch_size, args.lr,
-                               data_rng, "gn", G, channels, args.hidden, tag="final")
+                               data_rng, "gn", G, channels, args.hidden[0], tag="final")
     test_acc = accuracy(params, stats, Xte_d, yte_d, "gn", G)
     print(f"test accuracy {test_acc:.4f}")
 
     # Batch-size experiment: the same initial weights and data for GroupNorm and BatchNorm, batch size 2 and 64,
     # the same number of epochs, test accuracy after every epoch.
     key, init_key = jax.random.split(key)
-    Xs, ys = jnp.asarray(Xtr[: args.bs_train]), jnp.asarray(ytr[: args.bs_train])
+    Xs, ys = jnp.asarray(Xtr[: args.bs_n_train]), jnp.asarray(ytr[: args.bs_n_train])
     Xe, ye = Xte_d[:2000], yte_d[:2000]
     curves = {"GroupNorm": {}, "BatchNorm": {}}
     for norm, label in [("gn", "GroupNorm"), ("bn", "BatchNorm")]:
         for bs in (2, 64):
             rng = np.random.default_rng(args.seed)  # the same minibatch order for both norms
-            _, _, hist = fit(init_key, Xs, ys, args.bs_epochs, bs, args.lr, rng, norm, G, channels, args.hidden,
+            _, _, hist = fit(init_key, Xs, ys, args.bs_epochs, bs, args.lr, rng, norm, G, channels, args.hidden[0],
                              f"{label} bs {bs}", (Xe, ye))
             curves[label][bs] = hist["test_acc"]
             print(f"{label} batch size {bs}: test accuracy {np.mean(hist['test_acc'][-3:]):.4f} (last 3 epochs' mean)")

@@ -14,37 +14,26 @@ Which axes each norm averages over, for (N, C, H, W) activations:
     LayerNorm     over (C, H, W) for each example       -- GroupNorm with G = 1
     InstanceNorm  over (H, W) for each example and channel   -- GroupNorm with G = C
     GroupNorm     over (C/G channels, H, W) for each example and group: between the two
-So GroupNorm interpolates: one group treats all channels as sharing one mean and scale (LayerNorm,
-too rigid for conv features, where channels differ), one channel per group normalises each feature
-map on its own (InstanceNorm, which throws away each channel's overall contrast, information a
-classifier can use); a few groups keep related channels' relative scales while still normalising.
+One group is too rigid for conv features, whose channels differ; one channel per group throws away
+each channel's overall contrast; a few groups keep related channels' relative scales.
 
-Why it does not depend on the batch size: no statistic ever crosses the N axis. The output for one
-example is the same whether it sits in a batch of 2 or of 64 (tests check it), training equals
-inference, and there are no running statistics. BatchNorm's statistics come from the batch: at batch
-size 2 each channel's mean and variance are estimated from 2 examples, so they are noisy in training,
-and the running averages used at test time describe inputs the network never saw in training.
-How much that hurts depends on how many values each statistic pools. After a convolution, BatchNorm
-pools 2 x H x W values per channel and copes (we measured no loss at batch size 2 with norms only in
-the conv layers). After a fully connected layer there is one value per example, and a batch of 2
-standardises every feature to exactly -1 or +1: the layer keeps only which of the two examples is
-larger. Deep CNNs hit the same wall in their late, small feature maps (Wu and He's figure 1). So this
-CNN has a norm in all three hidden layers, two conv and one fully connected, and the experiment
-trains it with each norm at batch size 2 and 64 for the same number of epochs (long enough for both
-to level off; batch size 2 takes 32x more steps) and plots test accuracy after every epoch.
-Measured (default run, CPU, seed 0; 2,000 training images, 8 epochs, 2,000 test images; mean test
-accuracy of the last 3 epochs): GroupNorm 0.825 at batch size 2 and 0.825 at 64; BatchNorm 0.652 at 2
-and 0.832 at 64. (With norms only in the conv layers, an earlier version measured no BatchNorm penalty.)
+No statistic ever crosses the N axis: an example's output is the same in a batch of 2 or of 64 (tests
+check it), training equals inference, and there are no running statistics. BatchNorm's statistics at
+batch size 2 come from 2 examples: noisy in training, and its running averages then describe inputs
+the network never saw. After a convolution each statistic still pools 2 x H x W values; after a fully
+connected layer a batch of 2 standardises every feature to exactly -1 or +1. So this CNN has a norm
+in all three hidden layers (two conv, one fully connected), and the experiment trains it with each
+norm at batch size 2 and 64 for the same number of epochs and plots test accuracy after every epoch.
 
 Reading: Y. Wu and K. He (2018), "Group Normalization", ECCV, https://arxiv.org/abs/1803.08494
 (figure 2 draws the four norms; section 3 the definition); D. P. Kingma and J. Ba (2015), "Adam",
 https://arxiv.org/abs/1412.6980 (here torch.optim.Adam; adam_torch.py writes it out).
-As torch.nn.GroupNorm (affine); their state_dicts load into each other (tests/test_groupnorm_torch.py
-checks outputs and gradients, and G = 1 against LayerNorm, G = C against InstanceNorm).
+As torch.nn.GroupNorm (affine); tests/test_groupnorm_torch.py checks outputs and gradients.
 Arc: Optimization -- group normalization in PyTorch, with Adam and K-fold cross-validation.
 
 Run:  python 02-optimization/groupnorm_torch.py       (3-fold CV on 6k images, final model, batch-size study)
       python 02-optimization/groupnorm_torch.py --smoke
+      python 02-optimization/groupnorm_torch.py --bs-n-train 1000 --bs-epochs 4 --device auto
 Look first at `GroupNorm.forward` (a reshape to (N, G, C/G * H * W) and two lines of statistics), then at
 the figure: the axes each norm averages over, and test accuracy at batch size 2 and 64 for both norms.
 """
@@ -63,6 +52,7 @@ from torch import nn
 from tqdm import tqdm
 
 from data import DataError, fashion_mnist, kfold_splits, minibatches, save_metrics
+from data.cli import nonneg_int, positive_float, positive_int
 
 # %% [markdown]
 # ## The layer
@@ -174,7 +164,7 @@ def fit(model, X, y, epochs, batch_size, lr, rng, tag, eval_data=None):
         t0 = time.perf_counter()
         for idx in tqdm(minibatches(len(X), batch_size, rng), total=-(-len(X) // batch_size),
                         desc=f"{tag} epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
-            idx = torch.from_numpy(idx)
+            idx = torch.from_numpy(idx).to(X.device)
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(X[idx]), y[idx])
             loss.backward()
@@ -234,50 +224,54 @@ def plot_figure(curves, path, title):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs per CV fold and final run (default 2; 1 smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 64; 32 smoke)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--groups", type=int, default=4, help="GroupNorm groups (default 4; must divide both widths)")
-    p.add_argument("--channels", type=int, nargs=2, default=None, metavar=("C1", "C2"),
+    p.add_argument("--epochs", type=positive_int, help="epochs per CV fold and final run (default 2; 1 smoke)")
+    p.add_argument("--batch-size", type=positive_int, help="minibatch size (default 64; 32 smoke)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--groups", type=positive_int, default=4, help="GroupNorm groups (default 4; divides the widths)")
+    p.add_argument("--channels", type=positive_int, nargs=2, metavar=("C1", "C2"),
                    help="channels of the two convs (default 16 32; 8 16 with --smoke)")
-    p.add_argument("--folds", type=int, default=None, help="K of K-fold cross-validation (default 3; 2 smoke)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (default 6000; 1000 smoke)")
-    p.add_argument("--hidden", type=int, default=64, help="width of the normalised fully connected layer (default 64)")
-    p.add_argument("--n-bs", type=int, default=None,
-                   help="training images for the batch-size experiment (default 2000; 200 smoke)")
-    p.add_argument("--bs-epochs", type=int, default=None, help="epochs of the batch-size runs (default 8; 1 smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
-    p.add_argument("--device", default="cpu", choices=["cpu"], help="this small CNN runs on the CPU")
+    p.add_argument("--folds", type=positive_int, help="K of K-fold cross-validation (default 3; 2 smoke)")
+    p.add_argument("--n-train", type=positive_int, help="training images (default 6000; 1000 smoke)")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=[64],
+                   help="width of the one normalised fully connected layer (default 64)")
+    p.add_argument("--bs-n-train", type=positive_int, help="images of the batch-size runs (default 2000; 200 smoke)")
+    p.add_argument("--bs-epochs", type=positive_int, help="epochs of the batch-size runs (default 8; 1 smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/<script>)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
     args = p.parse_args(argv)
     if args.smoke:
-        defaults = dict(epochs=1, batch_size=32, channels=[8, 16], folds=2, n_train=2000, n_bs=200, bs_epochs=1)
+        defaults = dict(epochs=1, batch_size=32, channels=[8, 16], folds=2, n_train=2000, bs_n_train=200, bs_epochs=1)
     else:
-        defaults = dict(epochs=2, batch_size=64, channels=[16, 32], folds=3, n_train=6000, n_bs=2000, bs_epochs=8)
+        defaults = dict(epochs=2, batch_size=64, channels=[16, 32], folds=3, n_train=6000, bs_n_train=2000, bs_epochs=8)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.groups, *args.channels, args.hidden, args.n_bs, args.bs_epochs) < 1 \
-            or args.lr <= 0:
-        p.error("--epochs, --batch-size, --groups, --channels, --hidden, --n-bs, --bs-epochs and --lr must be positive")
     if not 2 <= args.folds <= args.n_train:
-        p.error("--folds must be at least 2 and at most --n-train")
-    if any(ch % args.groups for ch in [*args.channels, args.hidden]):
+        p.error("argument --folds: must be at least 2 and at most --n-train")
+    if len(args.hidden) != 1:
+        p.error("argument --hidden: this CNN has one fully connected hidden layer; give one width")
+    if any(ch % args.groups for ch in [*args.channels, *args.hidden]):
         p.error(f"--groups {args.groups} must divide --channels {args.channels} and --hidden {args.hidden}")
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    device = next(d for d, ok in available.items() if ok) if args.device == "auto" else args.device
+    if not available[device]:  # the device picker of 01-foundations/mlp_torch.py
+        p.error(f"--device {device}: not available on this machine")
     torch.manual_seed(args.seed)
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        Xtr, ytr, Xte, yte = load_data(args.data_dir, args.n_train, 500 if args.smoke else 2000)
+        data = load_data(args.data_dir, args.n_train, 500 if args.smoke else 2000)
     except DataError as exc:
         sys.exit(f"error: {exc}")
+    Xtr, ytr, Xte, yte = (a.to(device) for a in data)
     gen = torch.Generator().manual_seed(args.seed)  # weights: one stream for all models, in order
     data_rng = np.random.default_rng(args.seed)  # minibatch order
 
     def new_model(norm="group"):
-        return CNN(args.channels, norm, args.groups, gen, args.hidden)
+        return CNN(args.channels, norm, args.groups, gen, args.hidden[0]).to(device)
 
     cv_acc = []
     for k, (tr, va) in enumerate(kfold_splits(len(Xtr), args.folds, args.seed)):
@@ -299,12 +293,13 @@ def main(argv=None) -> dict:
     for norm, label in [("group", f"GroupNorm (G = {args.groups})"), ("batch", "BatchNorm")]:
         curves[label] = {}
         for bs in (2, 64):
-            m = CNN(args.channels, norm, args.groups, torch.Generator().manual_seed(args.seed), args.hidden)
-            _, curves[label][bs] = fit(m, Xtr[: args.n_bs], ytr[: args.n_bs], args.bs_epochs, bs, args.lr,
+            m = CNN(args.channels, norm, args.groups, torch.Generator().manual_seed(args.seed), args.hidden[0])
+            m = m.to(device)
+            _, curves[label][bs] = fit(m, Xtr[: args.bs_n_train], ytr[: args.bs_n_train], args.bs_epochs, bs, args.lr,
                                        np.random.default_rng(args.seed), f"{norm} bs {bs}", (Xte, yte))
             print(f"{label} batch size {bs}: test acc {np.mean(curves[label][bs][-3:]):.4f} (last 3 epochs' mean)")
     plot_figure(curves, out_dir / "groupnorm.png", f"the same CNN with each norm: {args.bs_epochs} epoch(s) of Adam "
-                f"(lr {args.lr}) on {args.n_bs} images, tested on {len(Xte)}")
+                f"(lr {args.lr}) on {args.bs_n_train} images, tested on {len(Xte)}")
 
     # batch size at 2, single epochs are noisy: the summary is the mean test accuracy of the last 3 epochs
     gn, bn = ({bs: float(np.mean(acc[-3:])) for bs, acc in by_bs.items()} for by_bs in curves.values())

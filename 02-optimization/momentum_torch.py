@@ -7,29 +7,22 @@ steps from 1):
     v_t = mu * v_{t-1} + g_t                         (v_0 = 0, so v_1 = g_1)
     theta_t = theta_{t-1} - lr * v_t
 
-Why: with one learning rate for every direction, SGD's lr is capped by the steepest direction of a
-valley and crawls along its flat floor. Unrolled, v_t = g_t + mu g_{t-1} + mu^2 g_{t-2} + ...:
-gradients that flip sign across the valley cancel (the oscillation is damped), gradients that keep
-their sign along the floor add up to lr/(1-mu) times the gradient (10x for mu = 0.9). On a
-quadratic it stays stable up to lr = 2(1+mu) / (the steep curvature), so lr/(1-mu) can be
-(1+mu)/(1-mu) = 19x the largest step gradient descent survives. What it still gets wrong: the
-velocity overshoots a minimum before the gradient turns it round (Nesterov, next), and every
-coordinate still shares one lr (Adagrad).
+Why: gradients that flip sign across a valley cancel in v, those that keep their sign along its floor
+add up to lr/(1-mu) times the gradient; what it still gets wrong: momentum_numpy.py.
 
 In PyTorch the velocity is per-parameter state: `self.state[p]["momentum_buffer"]` (torch.optim.SGD's
 name for it), created on the first step. `state_dict()` saves it with the hyperparameters, so the
 checkpoint resumes with the velocity it had, not from v = 0.
 
 Reading: Polyak (1964), https://doi.org/10.1016/0041-5553(64)90137-5; Sutskever, Martens, Dahl &
-Hinton (2013), "On the importance of initialization and momentum in deep learning",
-https://proceedings.mlr.press/v28/sutskever13.html; d2l 12.6, https://d2l.ai/chapter_optimization/momentum.html.
-Update rule as torch.optim.SGD(momentum=mu, dampening=0) (see ../shared/reference).
+Hinton (2013), https://proceedings.mlr.press/v28/sutskever13.html; d2l 12.6,
+https://d2l.ai/chapter_optimization/momentum.html. As torch.optim.SGD(momentum=mu, dampening=0)
+(see docs/references.md).
 Arc: Optimization -- momentum in PyTorch on Fashion-MNIST.
 
 Run:  python 02-optimization/momentum_torch.py [--lr 0.01 --momentum 0.9 --batch-size 128 --epochs 10 --device auto]
       python 02-optimization/momentum_torch.py --smoke
-Look first at `Momentum.step`, then compare with minibatch_sgd_torch.py at 5x the step: --lr 0.5
-there diverges to nan, --lr 0.05 here (the same lr/(1-mu)) trains.
+Look first at `Momentum.step`, then at the velocity in `opt.state` after a step.
 """
 
 # %%
@@ -43,33 +36,24 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm import tqdm
 
 from data import DataError, fashion_mnist, minibatches, save_metrics
-
-# %% [markdown]
-# ## The optimizer
+from data.cli import nonneg_float, nonneg_int, positive_float, positive_int, probability
 
 
-# %%
+# %% The optimizer
 class Momentum(torch.optim.Optimizer):
     """v <- mu * v + g;  theta <- theta - lr * v (torch.optim.SGD's rule), written from scratch."""
 
     def __init__(self, params, lr=1e-3, momentum=0.9, weight_decay=0.0):
-        if lr < 0:
-            raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
-        if momentum < 0:
-            raise ValueError(f"Invalid momentum value: {momentum} (must be >= 0)")
-        if weight_decay < 0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be >= 0)")
+        if not (lr >= 0 and momentum >= 0 and weight_decay >= 0):  # NaN fails these comparisons too
+            raise ValueError(f"Invalid learning rate {lr}, momentum {momentum} or weight_decay {weight_decay}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:  # some methods re-evaluate the loss; the API allows it
-            with torch.enable_grad():
-                loss = closure()
+        with torch.enable_grad():  # the API lets a step re-evaluate the loss first
+            loss = None if closure is None else closure()
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -86,127 +70,73 @@ class Momentum(torch.optim.Optimizer):
         return loss
 
 
-# %% [markdown]
-# ## The network and data (as 01-foundations/mlp_torch.py)
-
-
-# %%
-class MLP(nn.Module):
-    """Linear layers of widths sizes = [784, *hidden, 10] with ReLU between them, He-initialised."""
-
-    def __init__(self, sizes):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(sizes[:-1], sizes[1:]))
-        for layer in self.layers:
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, x):  # (B, 784) -> (B, 10)
-        for layer in self.layers[:-1]:
-            x = F.relu(layer(x))
-        return self.layers[-1](x)
-
-
-def load_data(data_dir=None, smoke=False):
-    """Fashion-MNIST as float32 (N, 784) pixels standardised with the training split's mean and std."""
-    Xtr, ytr = fashion_mnist("train", data_dir)
-    Xte, yte = fashion_mnist("test", data_dir)
-    if smoke:  # a small real subset
-        Xtr, ytr, Xte, yte = Xtr[:2000], ytr[:2000], Xte[:1000], yte[:1000]
-    Xtr = Xtr.reshape(len(Xtr), -1).astype(np.float32) / 255
-    Xte = Xte.reshape(len(Xte), -1).astype(np.float32) / 255
-    mean, std = Xtr.mean(), Xtr.std()
-    return (Xtr - mean) / std, ytr, (Xte - mean) / std, yte
-
-
-@torch.no_grad()
-def evaluate(model, X, y):
-    """Mean loss and accuracy on the device tensors (X, y)."""
-    logits = model(X)
-    return F.cross_entropy(logits, y).item(), (logits.argmax(dim=1) == y).sum().item() / len(y)
-
-
-def plot_loss(step_losses, epoch_losses, steps_per_epoch, path, title):
-    """Training loss per step (light) with its moving average, and per epoch (dots)."""
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.subplots()
-    steps = np.arange(1, len(step_losses) + 1)
-    k = max(1, steps_per_epoch // 10)
-    ax.plot(steps, step_losses, color="C0", alpha=0.25, lw=0.6, label="minibatch loss")
-    ax.plot(steps[k - 1 :], np.convolve(step_losses, np.ones(k) / k, "valid"), color="C0", label=f"mean of {k} steps")
-    ax.plot(steps_per_epoch * np.arange(1, len(epoch_losses) + 1), epoch_losses, "ko", label="epoch mean")
-    ax.set(xlabel="step", ylabel="training loss", yscale="log", title=title)
-    ax.legend()
-    fig.savefig(path, dpi=120)
-
-
-# %% [markdown]
-# ## Training
-
-
-# %%
+# %% The MLP, data and training loop: identical in the ten PyTorch optimizer scripts, but for the optimizer's flags.
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 10; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
-    p.add_argument("--momentum", type=float, default=0.9, help="momentum coefficient mu (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default 0)")
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
-                   help="hidden widths (default 256 128; 64 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--lr", type=positive_float, default=0.01, help="learning rate (default 0.01)")
+    p.add_argument("--momentum", type=probability, default=0.9, help="momentum coefficient mu (default 0.9)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="L2 penalty in the gradient (default 0)")
+    p.add_argument("--epochs", type=positive_int, help="default 10; 1 with --smoke")
+    p.add_argument("--batch-size", type=positive_int, help="default 128; 32 with --smoke")
+    p.add_argument("--hidden", type=positive_int, nargs="+", help="hidden widths (default 256 128; 64 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds the weights and the minibatch order")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
-    p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/<script>)")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
+    p.add_argument("--data-dir", help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
+    p.add_argument("--out-dir", help="where metrics.json, loss.png and checkpoint.pt go (default runs/<script>)")
+    p.add_argument("--smoke", action="store_true", help="one epoch on 2k real images, hidden 64")
     args = p.parse_args(argv)
-    args.epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 10)
-    args.hidden = args.hidden or ([64] if args.smoke else [256, 128])
-    args.batch_size = args.batch_size or (32 if args.smoke else 128)
-    if min(args.epochs, args.batch_size, *args.hidden) < 1:
-        p.error("--epochs, --batch-size and --hidden must be positive")
+    args.epochs = (1 if args.smoke else 10) if args.epochs is None else args.epochs
+    args.batch_size = (32 if args.smoke else 128) if args.batch_size is None else args.batch_size
+    args.hidden = ([64] if args.smoke else [256, 128]) if args.hidden is None else args.hidden
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     device = next(d for d, ok in available.items() if ok) if args.device == "auto" else args.device
-    if not available[device]:
+    if not available[device]:  # the device picker of 01-foundations/mlp_torch.py
         p.error(f"--device {device}: not available on this machine")
-    out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
+    out_dir = Path(args.out_dir or Path(__file__).resolve().parents[1] / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        Xtr, ytr, Xte, yte = (torch.from_numpy(a).to(device) for a in load_data(args.data_dir, args.smoke))
+        (Xtr, ytr), (Xte, yte) = fashion_mnist("train", args.data_dir), fashion_mnist("test", args.data_dir)
     except DataError as exc:
         sys.exit(f"error: {exc}")
+    n_tr, n_te = (2000, 1000) if args.smoke else (len(Xtr), len(Xte))  # --smoke: a small real subset
+    Xtr, ytr = Xtr[:n_tr].reshape(n_tr, -1).astype(np.float32) / 255, ytr[:n_tr]  # (N, 784) pixels in [0, 1]
+    Xte, yte = Xte[:n_te].reshape(n_te, -1).astype(np.float32) / 255, yte[:n_te]
+    mean, std = Xtr.mean(), Xtr.std()  # standardised with the training split's statistics
+    Xtr, ytr, Xte, yte = (torch.from_numpy(a).to(device) for a in ((Xtr - mean) / std, ytr, (Xte - mean) / std, yte))
 
     torch.manual_seed(args.seed)
-    model = MLP([Xtr.shape[1], *args.hidden, 10]).to(device)
-    try:
-        opt = Momentum(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    except ValueError as exc:
-        p.error(str(exc))
-    data_rng = np.random.default_rng(args.seed)
-    step_losses, epoch_losses, epoch_s = [], [], []
-    steps_per_epoch = -(-len(Xtr) // args.batch_size)
+    sizes = [Xtr.shape[1], *args.hidden, 10]
+    linears = [nn.Linear(d_in, d_out) for d_in, d_out in zip(sizes[:-1], sizes[1:])]
+    for layer in linears:  # He initialisation, as 01-foundations/mlp_torch.py
+        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        nn.init.zeros_(layer.bias)
+    model = nn.Sequential(*[m for layer in linears[:-1] for m in (layer, nn.ReLU())], linears[-1]).to(device)
+    opt = Momentum(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    data_rng, step_losses, epoch_losses, epoch_s = np.random.default_rng(args.seed), [], [], []
     for epoch in range(1, args.epochs + 1):
-        t0 = time.perf_counter()
-        losses = []
-        for idx in tqdm(minibatches(len(Xtr), args.batch_size, data_rng), total=steps_per_epoch,
-                        desc=f"epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
+        t0, losses = time.perf_counter(), []
+        for idx in minibatches(len(Xtr), args.batch_size, data_rng):
             idx = torch.from_numpy(idx).to(device)
-            opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.detach())
         step_losses += torch.stack(losses).tolist()  # one read from the device per epoch
         epoch_s.append(time.perf_counter() - t0)
-        epoch_losses.append(float(np.mean(step_losses[-steps_per_epoch:])))
-        test_loss, test_acc = evaluate(model, Xte, yte)
-        print(f"epoch {epoch:2d}/{args.epochs}  train loss {epoch_losses[-1]:.4f} | test loss {test_loss:.4f} "
-              f"acc {test_acc:.4f} | {epoch_s[-1]:.2f} s", flush=True)
+        epoch_losses.append(float(np.mean(step_losses[-len(losses) :])))
+        with torch.no_grad():
+            logits = model(Xte)
+        test_loss, test_acc = F.cross_entropy(logits, yte).item(), (logits.argmax(dim=1) == yte).float().mean().item()
+        print(f"epoch {epoch}: train loss {epoch_losses[-1]:.4f}, test loss {test_loss:.4f}, acc {test_acc:.4f}")
 
-    plot_loss(step_losses, epoch_losses, steps_per_epoch, out_dir / "loss.png", f"{Path(__file__).stem}, lr {args.lr}")
+    ax = Figure(figsize=(7, 4), layout="constrained").subplots()
+    ax.plot(np.arange(1, len(step_losses) + 1), step_losses, lw=0.6)
+    ax.set(xlabel="step", ylabel="minibatch loss", yscale="log", title=f"{Path(__file__).stem}, lr {args.lr}")
+    ax.figure.savefig(out_dir / "loss.png", dpi=120)
     metrics = {"script": Path(__file__).stem, "test_acc": test_acc, "test_loss": test_loss,
-               "first_loss": step_losses[0], "final_train_loss": epoch_losses[-1],
-               "sec_per_epoch": float(np.median(epoch_s)), "config": vars(args), "epoch_losses": epoch_losses}
+               "first_loss": step_losses[0], "final_train_loss": epoch_losses[-1], "epoch_losses": epoch_losses,
+               "sec_per_epoch": float(np.median(epoch_s)), "config": vars(args)}
     save_metrics(out_dir, metrics, __file__, argv)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, out_dir / "checkpoint.pt")
     return metrics

@@ -11,16 +11,8 @@ psi = momentum_decay:
     mbar_t = mu_{t+1} * m_t / (1 - prod_{i<=t+1} mu_i) + (1 - mu_t) * g_t / (1 - prod_{i<=t} mu_i)
     theta_t = theta_{t-1} - lr * mbar_t / (sqrt(vhat_t) + eps)
 
-Why, after AdamW: Adam's momentum part b1 * m_{t-1} is the velocity of the steps already taken.
-Nesterov (nesterov_torch.py: theta -= lr * (g + mu * v_t)) applies now the momentum the next step
-will use; Dozat does this inside Adam with the updated m_t and the next coefficient mu_{t+1}, plus
-the current gradient's share (1 - mu_t) * g_t, each bias-corrected by a product of mu's. The
-schedule warms the momentum up from about b1 / 2 (0.450 at t = 1; 0.691 after the default run's
-4,690 steps). What it still gets wrong: Adam's second moment (Yogi's point stands) and L2 weight
-decay through sqrt(vhat) (AdamW's point; torch's decoupled_weight_decay=True, not done here).
+Why the look-ahead combination mbar, and how the schedule warms the momentum up: nadam_numpy.py.
 
-Conventions: torch.optim.NAdam (decoupled_weight_decay=False), defaults lr 2e-3, psi 4e-3; the
-schedule is the paper's (0.96^(t/250)), and m_t keeps Adam's constant b1 as torch does.
 State per parameter: `step` (a plain int), `mu_product` (prod_{i<=t} mu_i, a plain float),
 `exp_avg` (m) and `exp_avg_sq` (v), all saved by `state_dict()`, so a run resumes exactly.
 
@@ -44,39 +36,27 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm import tqdm
 
 from data import DataError, fashion_mnist, minibatches, save_metrics
-
-# %% [markdown]
-# ## The optimizer
+from data.cli import nonneg_float, nonneg_int, positive_float, positive_int, probability
 
 
-# %%
+# %% The optimizer
 class NAdam(torch.optim.Optimizer):
     """Adam with Nesterov's look-ahead on the first moment and a momentum schedule; written from scratch."""
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3):
-        if lr < 0:
-            raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {beta} (betas[{i}] must be in [0, 1))")
-        if eps <= 0:
-            raise ValueError(f"Invalid epsilon value: {eps} (eps must be > 0)")
-        if weight_decay < 0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be >= 0)")
-        if momentum_decay < 0:
-            raise ValueError(f"Invalid momentum_decay value: {momentum_decay} (must be >= 0)")
+        ok = all(0 <= b < 1 for b in betas) and eps > 0 and weight_decay >= 0 and momentum_decay >= 0
+        if not (lr >= 0 and ok):  # NaN fails these comparisons too
+            raise ValueError(f"Invalid learning rate {lr}, betas {betas}, eps {eps}, weight_decay {weight_decay} "
+                             f"or momentum_decay {momentum_decay}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay)
         super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:  # some methods re-evaluate the loss; the API allows it
-            with torch.enable_grad():
-                loss = closure()
+        with torch.enable_grad():  # the API lets a step re-evaluate the loss first
+            loss = None if closure is None else closure()
         for group in self.param_groups:
             lr, (b1, b2), eps, psi = group["lr"], group["betas"], group["eps"], group["momentum_decay"]
             for p in group["params"]:
@@ -85,8 +65,7 @@ class NAdam(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:  # first step: create the state
                     state["step"], state["mu_product"] = 0, 1.0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 state["step"] += 1
                 t = state["step"]
@@ -107,131 +86,77 @@ class NAdam(torch.optim.Optimizer):
         return loss
 
 
-# %% [markdown]
-# ## The network and data (as 01-foundations/mlp_torch.py)
-
-
-# %%
-class MLP(nn.Module):
-    """Linear layers of widths sizes = [784, *hidden, 10] with ReLU between them, He-initialised."""
-
-    def __init__(self, sizes):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(sizes[:-1], sizes[1:]))
-        for layer in self.layers:
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, x):  # (B, 784) -> (B, 10)
-        for layer in self.layers[:-1]:
-            x = F.relu(layer(x))
-        return self.layers[-1](x)
-
-
-def load_data(data_dir=None, smoke=False):
-    """Fashion-MNIST as float32 (N, 784) pixels standardised with the training split's mean and std."""
-    Xtr, ytr = fashion_mnist("train", data_dir)
-    Xte, yte = fashion_mnist("test", data_dir)
-    if smoke:  # a small real subset
-        Xtr, ytr, Xte, yte = Xtr[:2000], ytr[:2000], Xte[:1000], yte[:1000]
-    Xtr = Xtr.reshape(len(Xtr), -1).astype(np.float32) / 255
-    Xte = Xte.reshape(len(Xte), -1).astype(np.float32) / 255
-    mean, std = Xtr.mean(), Xtr.std()
-    return (Xtr - mean) / std, ytr, (Xte - mean) / std, yte
-
-
-@torch.no_grad()
-def evaluate(model, X, y):
-    """Mean loss and accuracy on the device tensors (X, y)."""
-    logits = model(X)
-    return F.cross_entropy(logits, y).item(), (logits.argmax(dim=1) == y).sum().item() / len(y)
-
-
-def plot_loss(step_losses, epoch_losses, steps_per_epoch, path, title):
-    """Training loss per step (light) with its moving average, and per epoch (dots)."""
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.subplots()
-    steps = np.arange(1, len(step_losses) + 1)
-    k = max(1, steps_per_epoch // 10)
-    ax.plot(steps, step_losses, color="C0", alpha=0.25, lw=0.6, label="minibatch loss")
-    ax.plot(steps[k - 1 :], np.convolve(step_losses, np.ones(k) / k, "valid"), color="C0", label=f"mean of {k} steps")
-    ax.plot(steps_per_epoch * np.arange(1, len(epoch_losses) + 1), epoch_losses, "ko", label="epoch mean")
-    ax.set(xlabel="step", ylabel="training loss", yscale="log", title=title)
-    ax.legend()
-    fig.savefig(path, dpi=120)
-
-
-# %% [markdown]
-# ## Training
-
-
-# %%
+# %% The MLP, data and training loop: identical in the ten PyTorch optimizer scripts, but for the optimizer's flags.
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 10; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
-    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="decays of m and v (default 0.9 0.999)")
-    p.add_argument("--eps", type=float, default=1e-8, help="added to sqrt(vhat) in the denominator (default 1e-8)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default 0)")
-    p.add_argument("--momentum-decay", type=float, default=4e-3,
-                   help="psi in the momentum schedule mu_t (default 0.004)")
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
-                   help="hidden widths (default 256 128; 64 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="learning rate (default 2e-3)")
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999),
+                   help="decays of m and v (default 0.9 0.999)")
+    p.add_argument("--eps", type=positive_float, default=1e-8, help="added to sqrt(vhat) (default 1e-8)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="L2 penalty in the gradient (default 0)")
+    p.add_argument("--momentum-decay", type=nonneg_float, default=4e-3, help="psi of the schedule mu_t (default 4e-3)")
+    p.add_argument("--epochs", type=positive_int, help="default 10; 1 with --smoke")
+    p.add_argument("--batch-size", type=positive_int, help="default 128; 32 with --smoke")
+    p.add_argument("--hidden", type=positive_int, nargs="+", help="hidden widths (default 256 128; 64 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds the weights and the minibatch order")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
-    p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/<script>)")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
+    p.add_argument("--data-dir", help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
+    p.add_argument("--out-dir", help="where metrics.json, loss.png and checkpoint.pt go (default runs/<script>)")
+    p.add_argument("--smoke", action="store_true", help="one epoch on 2k real images, hidden 64")
     args = p.parse_args(argv)
-    args.epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 10)
-    args.hidden = args.hidden or ([64] if args.smoke else [256, 128])
-    args.batch_size = args.batch_size or (32 if args.smoke else 128)
-    if min(args.epochs, args.batch_size, *args.hidden) < 1:
-        p.error("--epochs, --batch-size and --hidden must be positive")
+    args.epochs = (1 if args.smoke else 10) if args.epochs is None else args.epochs
+    args.batch_size = (32 if args.smoke else 128) if args.batch_size is None else args.batch_size
+    args.hidden = ([64] if args.smoke else [256, 128]) if args.hidden is None else args.hidden
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     device = next(d for d, ok in available.items() if ok) if args.device == "auto" else args.device
-    if not available[device]:
+    if not available[device]:  # the device picker of 01-foundations/mlp_torch.py
         p.error(f"--device {device}: not available on this machine")
-    out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
+    out_dir = Path(args.out_dir or Path(__file__).resolve().parents[1] / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        Xtr, ytr, Xte, yte = (torch.from_numpy(a).to(device) for a in load_data(args.data_dir, args.smoke))
+        (Xtr, ytr), (Xte, yte) = fashion_mnist("train", args.data_dir), fashion_mnist("test", args.data_dir)
     except DataError as exc:
         sys.exit(f"error: {exc}")
+    n_tr, n_te = (2000, 1000) if args.smoke else (len(Xtr), len(Xte))  # --smoke: a small real subset
+    Xtr, ytr = Xtr[:n_tr].reshape(n_tr, -1).astype(np.float32) / 255, ytr[:n_tr]  # (N, 784) pixels in [0, 1]
+    Xte, yte = Xte[:n_te].reshape(n_te, -1).astype(np.float32) / 255, yte[:n_te]
+    mean, std = Xtr.mean(), Xtr.std()  # standardised with the training split's statistics
+    Xtr, ytr, Xte, yte = (torch.from_numpy(a).to(device) for a in ((Xtr - mean) / std, ytr, (Xte - mean) / std, yte))
 
     torch.manual_seed(args.seed)
-    model = MLP([Xtr.shape[1], *args.hidden, 10]).to(device)
-    try:
-        opt = NAdam(model.parameters(), lr=args.lr, betas=args.betas, eps=args.eps, weight_decay=args.weight_decay,
-                    momentum_decay=args.momentum_decay)
-    except ValueError as exc:
-        p.error(str(exc))
-    data_rng = np.random.default_rng(args.seed)
-    step_losses, epoch_losses, epoch_s = [], [], []
-    steps_per_epoch = -(-len(Xtr) // args.batch_size)
+    sizes = [Xtr.shape[1], *args.hidden, 10]
+    linears = [nn.Linear(d_in, d_out) for d_in, d_out in zip(sizes[:-1], sizes[1:])]
+    for layer in linears:  # He initialisation, as 01-foundations/mlp_torch.py
+        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        nn.init.zeros_(layer.bias)
+    model = nn.Sequential(*[m for layer in linears[:-1] for m in (layer, nn.ReLU())], linears[-1]).to(device)
+    opt = NAdam(model.parameters(), lr=args.lr, betas=args.betas, eps=args.eps, weight_decay=args.weight_decay,
+        momentum_decay=args.momentum_decay)
+    data_rng, step_losses, epoch_losses, epoch_s = np.random.default_rng(args.seed), [], [], []
     for epoch in range(1, args.epochs + 1):
-        t0 = time.perf_counter()
-        losses = []
-        for idx in tqdm(minibatches(len(Xtr), args.batch_size, data_rng), total=steps_per_epoch,
-                        desc=f"epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
+        t0, losses = time.perf_counter(), []
+        for idx in minibatches(len(Xtr), args.batch_size, data_rng):
             idx = torch.from_numpy(idx).to(device)
-            opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.detach())
         step_losses += torch.stack(losses).tolist()  # one read from the device per epoch
         epoch_s.append(time.perf_counter() - t0)
-        epoch_losses.append(float(np.mean(step_losses[-steps_per_epoch:])))
-        test_loss, test_acc = evaluate(model, Xte, yte)
-        print(f"epoch {epoch:2d}/{args.epochs}  train loss {epoch_losses[-1]:.4f} | test loss {test_loss:.4f} "
-              f"acc {test_acc:.4f} | {epoch_s[-1]:.2f} s", flush=True)
+        epoch_losses.append(float(np.mean(step_losses[-len(losses) :])))
+        with torch.no_grad():
+            logits = model(Xte)
+        test_loss, test_acc = F.cross_entropy(logits, yte).item(), (logits.argmax(dim=1) == yte).float().mean().item()
+        print(f"epoch {epoch}: train loss {epoch_losses[-1]:.4f}, test loss {test_loss:.4f}, acc {test_acc:.4f}")
 
-    plot_loss(step_losses, epoch_losses, steps_per_epoch, out_dir / "loss.png", f"{Path(__file__).stem}, lr {args.lr}")
+    ax = Figure(figsize=(7, 4), layout="constrained").subplots()
+    ax.plot(np.arange(1, len(step_losses) + 1), step_losses, lw=0.6)
+    ax.set(xlabel="step", ylabel="minibatch loss", yscale="log", title=f"{Path(__file__).stem}, lr {args.lr}")
+    ax.figure.savefig(out_dir / "loss.png", dpi=120)
     metrics = {"script": Path(__file__).stem, "test_acc": test_acc, "test_loss": test_loss,
-               "first_loss": step_losses[0], "final_train_loss": epoch_losses[-1],
-               "sec_per_epoch": float(np.median(epoch_s)), "config": vars(args), "epoch_losses": epoch_losses}
+               "first_loss": step_losses[0], "final_train_loss": epoch_losses[-1], "epoch_losses": epoch_losses,
+               "sec_per_epoch": float(np.median(epoch_s)), "config": vars(args)}
     save_metrics(out_dir, metrics, __file__, argv)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, out_dir / "checkpoint.pt")
     return metrics

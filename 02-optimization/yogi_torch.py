@@ -9,17 +9,9 @@ counting steps from 1:
     mhat_t = m_t / (1 - b1^t),   vhat_t = v_t / (1 - b2^t)          bias corrections, as Adam
     theta_t = theta_{t-1} - lr * mhat_t / (sqrt(vhat_t) + eps)
 
-Why, after Adam: Adam's v closes a fixed fraction (1 - b2) of its gap to g_t^2 each step. When large
-gradients turn small, v decays by the factor b2 a step, the effective rate lr / sqrt(vhat) climbs
-fast, and the next large gradient gets an inflated step (Reddi et al. 2018 built problems where Adam
-fails to converge this way). Yogi's v moves by exactly (1 - b2) * g_t^2, up or down by the sign of
-g_t^2 - v: it grows at least as fast as Adam's, but shrinks only by the small (1 - b2) * g_t^2, so
-the effective rate rises gradually. What it still gets wrong: weight decay is L2 in the gradient,
-divided by sqrt(vhat) with the rest, so weights with large gradients are barely regularised (AdamW).
-torch.optim has no Yogi: tests/test_optimizers.py checks this class against a transcription of the
-rule above. The paper's Algorithm 2 has no bias correction; the bias corrections here follow d2l,
-TF-Addons and optax, and v_0 = 1e-6 follows TF-Addons and optax (d2l starts from 0). The class
-defaults are the paper's (lr 1e-2, eps 1e-3); the script's --lr 1e-3 did best here (1e-2: ~0.88).
+Why an additive second moment, and the departures from the paper (bias corrections and v_0 = 1e-6
+follow TF-Addons and optax): yogi_numpy.py. torch.optim has no Yogi: tests/test_optimizers.py checks
+this class against a transcription of the rule above.
 
 State per parameter: `step` (a plain int), `exp_avg` (m) and `exp_avg_sq` (v), all saved by
 `state_dict()`, so a run resumes exactly.
@@ -45,38 +37,26 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm import tqdm
 
 from data import DataError, fashion_mnist, minibatches, save_metrics
-
-# %% [markdown]
-# ## The optimizer
+from data.cli import nonneg_float, nonneg_int, positive_float, positive_int, probability
 
 
-# %%
+# %% The optimizer
 class Yogi(torch.optim.Optimizer):
     """Adam whose second moment moves additively, by (1 - b2) g^2 a step; written from scratch."""
 
     v0 = 1e-6  # initial second moment v_0, as TF-Addons and optax (d2l starts from 0)
 
     def __init__(self, params, lr=1e-2, betas=(0.9, 0.999), eps=1e-3, weight_decay=0.0):
-        if lr < 0:
-            raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {beta} (betas[{i}] must be in [0, 1))")
-        if eps <= 0:
-            raise ValueError(f"Invalid epsilon value: {eps} (eps must be > 0)")
-        if weight_decay < 0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be >= 0)")
+        if not (lr >= 0 and all(0 <= b < 1 for b in betas) and eps > 0 and weight_decay >= 0):  # NaN fails too
+            raise ValueError(f"Invalid learning rate {lr}, betas {betas}, eps {eps} or weight_decay {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:  # some methods re-evaluate the loss; the API allows it
-            with torch.enable_grad():
-                loss = closure()
+        with torch.enable_grad():  # the API lets a step re-evaluate the loss first
+            loss = None if closure is None else closure()
         for group in self.param_groups:
             lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
             for p in group["params"]:
@@ -84,9 +64,8 @@ class Yogi(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 if not state:  # first step: create the state
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.full_like(p, self.v0, memory_format=torch.preserve_format)
+                    state["step"], state["exp_avg"] = 0, torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.full_like(p, self.v0)
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 state["step"] += 1
                 t = state["step"]
@@ -102,128 +81,75 @@ class Yogi(torch.optim.Optimizer):
         return loss
 
 
-# %% [markdown]
-# ## The network and data (as 01-foundations/mlp_torch.py)
-
-
-# %%
-class MLP(nn.Module):
-    """Linear layers of widths sizes = [784, *hidden, 10] with ReLU between them, He-initialised."""
-
-    def __init__(self, sizes):
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(sizes[:-1], sizes[1:]))
-        for layer in self.layers:
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, x):  # (B, 784) -> (B, 10)
-        for layer in self.layers[:-1]:
-            x = F.relu(layer(x))
-        return self.layers[-1](x)
-
-
-def load_data(data_dir=None, smoke=False):
-    """Fashion-MNIST as float32 (N, 784) pixels standardised with the training split's mean and std."""
-    Xtr, ytr = fashion_mnist("train", data_dir)
-    Xte, yte = fashion_mnist("test", data_dir)
-    if smoke:  # a small real subset
-        Xtr, ytr, Xte, yte = Xtr[:2000], ytr[:2000], Xte[:1000], yte[:1000]
-    Xtr = Xtr.reshape(len(Xtr), -1).astype(np.float32) / 255
-    Xte = Xte.reshape(len(Xte), -1).astype(np.float32) / 255
-    mean, std = Xtr.mean(), Xtr.std()
-    return (Xtr - mean) / std, ytr, (Xte - mean) / std, yte
-
-
-@torch.no_grad()
-def evaluate(model, X, y):
-    """Mean loss and accuracy on the device tensors (X, y)."""
-    logits = model(X)
-    return F.cross_entropy(logits, y).item(), (logits.argmax(dim=1) == y).sum().item() / len(y)
-
-
-def plot_loss(step_losses, epoch_losses, steps_per_epoch, path, title):
-    """Training loss per step (light) with its moving average, and per epoch (dots)."""
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.subplots()
-    steps = np.arange(1, len(step_losses) + 1)
-    k = max(1, steps_per_epoch // 10)
-    ax.plot(steps, step_losses, color="C0", alpha=0.25, lw=0.6, label="minibatch loss")
-    ax.plot(steps[k - 1 :], np.convolve(step_losses, np.ones(k) / k, "valid"), color="C0", label=f"mean of {k} steps")
-    ax.plot(steps_per_epoch * np.arange(1, len(epoch_losses) + 1), epoch_losses, "ko", label="epoch mean")
-    ax.set(xlabel="step", ylabel="training loss", yscale="log", title=title)
-    ax.legend()
-    fig.savefig(path, dpi=120)
-
-
-# %% [markdown]
-# ## Training
-
-
-# %%
+# %% The MLP, data and training loop: identical in the ten PyTorch optimizer scripts, but for the optimizer's flags.
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 10; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="decays of m and v (default 0.9 0.999)")
-    p.add_argument("--eps", type=float, default=1e-3, help="added to sqrt(vhat) in the denominator (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default 0)")
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
-                   help="hidden widths (default 256 128; 64 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999),
+                   help="decays of m and v (default 0.9 0.999)")
+    p.add_argument("--eps", type=positive_float, default=1e-3, help="added to sqrt(vhat) (default 1e-3)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="L2 penalty in the gradient (default 0)")
+    p.add_argument("--epochs", type=positive_int, help="default 10; 1 with --smoke")
+    p.add_argument("--batch-size", type=positive_int, help="default 128; 32 with --smoke")
+    p.add_argument("--hidden", type=positive_int, nargs="+", help="hidden widths (default 256 128; 64 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds the weights and the minibatch order")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
-    p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/<script>)")
-    p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
+    p.add_argument("--data-dir", help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
+    p.add_argument("--out-dir", help="where metrics.json, loss.png and checkpoint.pt go (default runs/<script>)")
+    p.add_argument("--smoke", action="store_true", help="one epoch on 2k real images, hidden 64")
     args = p.parse_args(argv)
-    args.epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 10)
-    args.hidden = args.hidden or ([64] if args.smoke else [256, 128])
-    args.batch_size = args.batch_size or (32 if args.smoke else 128)
-    if min(args.epochs, args.batch_size, *args.hidden) < 1:
-        p.error("--epochs, --batch-size and --hidden must be positive")
+    args.epochs = (1 if args.smoke else 10) if args.epochs is None else args.epochs
+    args.batch_size = (32 if args.smoke else 128) if args.batch_size is None else args.batch_size
+    args.hidden = ([64] if args.smoke else [256, 128]) if args.hidden is None else args.hidden
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     device = next(d for d, ok in available.items() if ok) if args.device == "auto" else args.device
-    if not available[device]:
+    if not available[device]:  # the device picker of 01-foundations/mlp_torch.py
         p.error(f"--device {device}: not available on this machine")
-    out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
+    out_dir = Path(args.out_dir or Path(__file__).resolve().parents[1] / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        Xtr, ytr, Xte, yte = (torch.from_numpy(a).to(device) for a in load_data(args.data_dir, args.smoke))
+        (Xtr, ytr), (Xte, yte) = fashion_mnist("train", args.data_dir), fashion_mnist("test", args.data_dir)
     except DataError as exc:
         sys.exit(f"error: {exc}")
+    n_tr, n_te = (2000, 1000) if args.smoke else (len(Xtr), len(Xte))  # --smoke: a small real subset
+    Xtr, ytr = Xtr[:n_tr].reshape(n_tr, -1).astype(np.float32) / 255, ytr[:n_tr]  # (N, 784) pixels in [0, 1]
+    Xte, yte = Xte[:n_te].reshape(n_te, -1).astype(np.float32) / 255, yte[:n_te]
+    mean, std = Xtr.mean(), Xtr.std()  # standardised with the training split's statistics
+    Xtr, ytr, Xte, yte = (torch.from_numpy(a).to(device) for a in ((Xtr - mean) / std, ytr, (Xte - mean) / std, yte))
 
     torch.manual_seed(args.seed)
-    model = MLP([Xtr.shape[1], *args.hidden, 10]).to(device)
-    try:
-        opt = Yogi(model.parameters(), lr=args.lr, betas=args.betas, eps=args.eps, weight_decay=args.weight_decay)
-    except ValueError as exc:
-        p.error(str(exc))
-    data_rng = np.random.default_rng(args.seed)
-    step_losses, epoch_losses, epoch_s = [], [], []
-    steps_per_epoch = -(-len(Xtr) // args.batch_size)
+    sizes = [Xtr.shape[1], *args.hidden, 10]
+    linears = [nn.Linear(d_in, d_out) for d_in, d_out in zip(sizes[:-1], sizes[1:])]
+    for layer in linears:  # He initialisation, as 01-foundations/mlp_torch.py
+        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        nn.init.zeros_(layer.bias)
+    model = nn.Sequential(*[m for layer in linears[:-1] for m in (layer, nn.ReLU())], linears[-1]).to(device)
+    opt = Yogi(model.parameters(), lr=args.lr, betas=args.betas, eps=args.eps, weight_decay=args.weight_decay)
+    data_rng, step_losses, epoch_losses, epoch_s = np.random.default_rng(args.seed), [], [], []
     for epoch in range(1, args.epochs + 1):
-        t0 = time.perf_counter()
-        losses = []
-        for idx in tqdm(minibatches(len(Xtr), args.batch_size, data_rng), total=steps_per_epoch,
-                        desc=f"epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
+        t0, losses = time.perf_counter(), []
+        for idx in minibatches(len(Xtr), args.batch_size, data_rng):
             idx = torch.from_numpy(idx).to(device)
-            opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.detach())
         step_losses += torch.stack(losses).tolist()  # one read from the device per epoch
         epoch_s.append(time.perf_counter() - t0)
-        epoch_losses.append(float(np.mean(step_losses[-steps_per_epoch:])))
-        test_loss, test_acc = evaluate(model, Xte, yte)
-        print(f"epoch {epoch:2d}/{args.epochs}  train loss {epoch_losses[-1]:.4f} | test loss {test_loss:.4f} "
-              f"acc {test_acc:.4f} | {epoch_s[-1]:.2f} s", flush=True)
+        epoch_losses.append(float(np.mean(step_losses[-len(losses) :])))
+        with torch.no_grad():
+            logits = model(Xte)
+        test_loss, test_acc = F.cross_entropy(logits, yte).item(), (logits.argmax(dim=1) == yte).float().mean().item()
+        print(f"epoch {epoch}: train loss {epoch_losses[-1]:.4f}, test loss {test_loss:.4f}, acc {test_acc:.4f}")
 
-    plot_loss(step_losses, epoch_losses, steps_per_epoch, out_dir / "loss.png", f"{Path(__file__).stem}, lr {args.lr}")
+    ax = Figure(figsize=(7, 4), layout="constrained").subplots()
+    ax.plot(np.arange(1, len(step_losses) + 1), step_losses, lw=0.6)
+    ax.set(xlabel="step", ylabel="minibatch loss", yscale="log", title=f"{Path(__file__).stem}, lr {args.lr}")
+    ax.figure.savefig(out_dir / "loss.png", dpi=120)
     metrics = {"script": Path(__file__).stem, "test_acc": test_acc, "test_loss": test_loss,
-               "first_loss": step_losses[0], "final_train_loss": epoch_losses[-1],
-               "sec_per_epoch": float(np.median(epoch_s)), "config": vars(args), "epoch_losses": epoch_losses}
+               "first_loss": step_losses[0], "final_train_loss": epoch_losses[-1], "epoch_losses": epoch_losses,
+               "sec_per_epoch": float(np.median(epoch_s)), "config": vars(args)}
     save_metrics(out_dir, metrics, __file__, argv)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, out_dir / "checkpoint.pt")
     return metrics

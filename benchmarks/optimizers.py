@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from data import positive_int
+
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = {  # script stem -> class name, in the arc's order
     "minibatch_sgd": "MinibatchSGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad": "Adagrad",
@@ -141,7 +143,7 @@ def resnet50_shapes():
 
 def step_times(repeats=5):
     shapes = resnet50_shapes()
-    assert sum(int(np.prod(s)) for s in shapes) == 25_557_032  # ../shared/reference/architectures.md
+    assert sum(int(np.prod(s)) for s in shapes) == 25_557_032  # docs/references.md
     g = torch.Generator().manual_seed(0)
     references = {
         "minibatch_sgd": lambda ps, **kw: torch.optim.SGD(ps, lr=1e-3, **kw),
@@ -178,9 +180,9 @@ def step_times(repeats=5):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=10, help="Fashion-MNIST epochs per method (default 10)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="Fashion-MNIST epochs per method (default 10)")
     p.add_argument("--skip-training", action="store_true", help="only the trajectories and the step times")
-    p.add_argument("--repeats", type=int, default=5, help="timed step() calls per optimizer (default 5)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed step() calls per optimizer (default 5)")
     p.add_argument("--fig-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "optimizers.json"))
     args = p.parse_args(argv)

@@ -187,3 +187,31 @@ def test_smoke_run(gn, tmp_path):
     assert all(0 <= m[k] <= 1 for k in ("gn_acc_bs2", "gn_acc_bs64", "bn_acc_bs2", "bn_acc_bs64"))
     assert json.loads((tmp_path / "metrics.json").read_text())["test_acc"] == m["test_acc"]
     assert (tmp_path / "groupnorm.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--bs-n-train", "0"], "--bs-n-train"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "inf"], "--lr"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--folds", "1"], "--folds"),
+        (["--hidden", "32", "32"], "--hidden"),
+        (["--groups", "0"], "--groups"),
+    ],
+)
+def test_bad_flags_exit_2(gn, monkeypatch, capsys, argv, flag):
+    """Bad values exit 2 naming the flag, before any data is read."""
+    monkeypatch.setattr(gn, "fashion_mnist", lambda *a, **k: pytest.fail("data loaded before the flag check"))
+    with pytest.raises(SystemExit) as exc:
+        gn.main(["--smoke", *argv])
+    assert exc.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+def test_unavailable_device_exits_2_before_loading_data(gn, monkeypatch, capsys):
+    missing = "mps" if torch.cuda.is_available() else "cuda"  # no machine has both
+    monkeypatch.setattr(gn, "fashion_mnist", lambda *a, **k: pytest.fail("data loaded before the device check"))
+    with pytest.raises(SystemExit) as exc:
+        gn.main(["--device", missing, "--smoke"])
+    assert exc.value.code == 2 and f"--device {missing}: not available" in capsys.readouterr().err

@@ -96,10 +96,34 @@ def test_batchnorm_running_stats_match_torch(bn, momentum):
         np.testing.assert_allclose(running_var, ref.running_var.numpy(), rtol=1e-12, atol=1e-14)
     assert np.abs(running_mean).max() > 0.1 and np.abs(running_var - 1).max() > 0.1  # the statistics really moved
     ref.eval()
+    mean_before, var_before = running_mean.copy(), running_var.copy()
     x = rng.standard_normal((5, D))
     out, _ = bn.batchnorm_forward(x, gamma, beta, running_mean, running_var, training=False)
     assert rel_error(out, ref(torch.from_numpy(x)).detach().numpy()) <= 1e-12
-    assert np.array_equal(running_mean, ref.running_mean.numpy())  # evaluation leaves them alone
+    # evaluation leaves the running statistics exactly as they were before the call (same process, no rounding
+    # involved: an update would change them by momentum * (batch statistic - running value), far above 1e-14),
+    # and they still equal torch's up to float64 rounding (torch may reduce in another order, e.g. with 2 threads)
+    np.testing.assert_array_equal(running_mean, mean_before)
+    np.testing.assert_array_equal(running_var, var_before)
+    np.testing.assert_allclose(running_mean, ref.running_mean.numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(running_var, ref.running_var.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_network_evaluation_leaves_running_statistics_untouched(bn):
+    """An evaluation pass of the whole BN network (forward and loss_and_grads, training=False) reads the
+    running statistics and writes none of them; a training pass on the same batch does move them."""
+    rng = np.random.default_rng(3)
+    params, state = bn.init_params([12, 8, 6, 3], rng, batchnorm=True, dtype=np.float64)
+    x, y = rng.standard_normal((10, 12)) * 2 + 1, rng.integers(0, 3, 10)
+    bn.loss_and_grads(params, state, x, y, training=True)  # move them away from (0, 1) first
+    before = {k: v.copy() for k, v in state.items()}
+    logits, _ = bn.forward(params, state, x, training=False)
+    loss, _, _ = bn.loss_and_grads(params, state, x, y, training=False)
+    for k, v in state.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    assert np.isfinite(loss) and logits.shape == (10, 3)
+    bn.loss_and_grads(params, state, x, y, training=True)
+    assert all(np.abs(state[k] - before[k]).max() > 1e-3 for k in state), "a training pass must update them"
 
 
 def test_batchnorm_rejects_batch_of_one_in_training(bn):
@@ -184,8 +208,17 @@ def test_smoke_run(load_script, script, tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_flags_exit_with_usage_error(load_script, script):
-    for argv in (["--lr", "0"], ["--batch-size", "-4"], ["--epochs", "0"]):
+def test_bad_flags_exit_with_usage_error(load_script, monkeypatch, capsys, script):
+    """Each bad value exits 2 with argparse's message naming the flag, before any data is read."""
+    module = load_script(script)
+    monkeypatch.setattr(module, "fashion_mnist", lambda *a, **k: pytest.fail("data loaded before the flag check"))
+    bad = [(["--lr", v], "--lr") for v in ("0", "-1", "nan", "inf")]
+    bad += [(["--batch-size", "0"], "--batch-size"), (["--batch-size", "-4"], "--batch-size")]
+    bad += [(["--epochs", "0"], "--epochs"), (["--hidden", "0"], "--hidden"), (["--seed", "-1"], "--seed")]
+    if "batchnorm" in script:
+        bad.append((["--batch-size", "1"], "--batch-size"))  # no variance to normalise by in a batch of one
+    for argv, flag in bad:
         with pytest.raises(SystemExit) as exc:
-            load_script(script).main(["--smoke", *argv])
-        assert exc.value.code == 2
+            module.main(["--smoke", *argv])
+        assert exc.value.code == 2, argv
+        assert f"argument {flag}" in capsys.readouterr().err, argv

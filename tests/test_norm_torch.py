@@ -205,6 +205,25 @@ def test_layernorm_mismatched_input_raises(ln, normalized_shape, x_shape):
         ln.LayerNorm(normalized_shape)(torch.randn(x_shape))
 
 
+def test_cnn_evaluation_leaves_batchnorm_buffers_untouched(bn):
+    """The script's `evaluate` (eval mode, no_grad) on a trained CNN reads every BatchNorm's running statistics
+    and changes none of them (nor num_batches_tracked), and hands the model back in training mode."""
+    model = bn.CNN((4, 8), batchnorm=True, bn_momentum=0.3, generator=torch.Generator().manual_seed(0)).double()
+    gen = torch.Generator().manual_seed(1)
+    X, y = torch.randn(12, 1, 28, 28, generator=gen, dtype=torch.float64) * 2 + 1, torch.arange(12) % 10
+    model.train()
+    model(X)  # a training pass: the running statistics move away from (0, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, acc = bn.evaluate(model, X, y, batch_size=5)
+    assert model.training and 0 <= acc <= 1 and loss > 0
+    buffers = [k for k in before if "running_" in k or "num_batches" in k]
+    assert len(buffers) == 6  # two BatchNorm layers, three buffers each
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    model(X)  # and a training pass does change them, so the comparison above could fail
+    assert not torch.equal(model.state_dict()[buffers[0]], before[buffers[0]])
+
+
 # --- the scripts run end to end ----------------------------------------------------------------
 
 

@@ -131,7 +131,7 @@ def numpy_trajectory(opt, params0, loss, steps):
 
 
 def yogi_reference(params0, loss, steps, lr, betas, eps, weight_decay, v0=1e-6):
-    """Yogi (Zaheer et al. 2018) with Adam's bias correction, transcribed from ../shared/reference."""
+    """Yogi (Zaheer et al. 2018) with Adam's bias correction, transcribed from docs/references.md."""
     b1, b2 = betas
     ps = [p.copy() for p in params0]
     m = [np.zeros_like(p) for p in ps]
@@ -217,6 +217,71 @@ def test_bad_hyperparameters_raise(scripts, method):
             name = next(iter(args))
             with pytest.raises(ValueError, match=name if name != "lr" else "learning rate"):
                 Opt(**({**kw, **args} if framework == "numpy" else {**kw, **args, "params": [torch.zeros(2)]}))
+
+
+BAD_FLAGS = [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1"], "--lr"),
+    (["--epochs", "0"], "--epochs"),
+    (["--weight-decay", "-0.1"], "--weight-decay"),
+]
+
+
+@pytest.mark.parametrize("argv,flag", BAD_FLAGS)
+@pytest.mark.parametrize("script", ["adam_numpy", "nesterov_torch", "minibatch_sgd_numpy", "yogi_torch"])
+def test_bad_flags_exit_2_naming_the_flag(load_script, monkeypatch, capsys, script, argv, flag):
+    """A bad value is an argparse error (exit 2) that names the flag, raised before any data is read."""
+    module = load_script(f"02-optimization/{script}.py")
+    monkeypatch.setattr(module, "fashion_mnist", lambda *a, **k: pytest.fail("data loaded before the flag check"))
+    with pytest.raises(SystemExit) as exc:
+        module.main([*argv, "--smoke"])
+    assert exc.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "script,argv,flag",
+    [
+        ("adam_torch", ["--betas", "0.9", "1.0"], "--betas"),
+        ("rmsprop_numpy", ["--alpha", "1"], "--alpha"),
+        ("nesterov_numpy", ["--momentum", "0"], "--momentum"),  # Nesterov needs momentum > 0: p.error
+        ("nadam_torch", ["--momentum-decay", "-1"], "--momentum-decay"),
+        ("adadelta_numpy", ["--eps", "0"], "--eps"),
+        ("momentum_torch", ["--hidden", "64", "0"], "--hidden"),
+    ],
+)
+def test_bad_optimizer_flags_exit_2(load_script, monkeypatch, capsys, script, argv, flag):
+    module = load_script(f"02-optimization/{script}.py")
+    monkeypatch.setattr(module, "fashion_mnist", lambda *a, **k: pytest.fail("data loaded before the flag check"))
+    with pytest.raises(SystemExit) as exc:
+        module.main([*argv, "--smoke"])
+    assert exc.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["adam", "nesterov"])
+def test_unavailable_device_exits_2_before_loading_data(load_script, monkeypatch, capsys, method):
+    module = load_script(f"02-optimization/{method}_torch.py")
+    missing = "mps" if torch.cuda.is_available() else "cuda"  # no machine has both
+    monkeypatch.setattr(module, "fashion_mnist", lambda *a, **k: pytest.fail("data loaded before the device check"))
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--device", missing, "--smoke"])
+    assert exc.value.code == 2 and f"--device {missing}: not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nan_hyperparameters_raise(scripts, method):
+    """NaN fails every range check of the classes too (a `lr < 0` test would let it through)."""
+    cls, kw, _, _ = METHODS[method]
+    for framework in ("numpy", "torch"):
+        Opt = getattr(scripts(method, framework), cls)
+        extra = {} if framework == "numpy" else {"params": [torch.zeros(2)]}
+        for name in ("lr", "eps"):
+            if name in kw:
+                with pytest.raises(ValueError):
+                    Opt(**{**kw, name: float("nan"), **extra})
 
 
 @pytest.mark.parametrize("framework", ["numpy", "torch"])
