@@ -2,49 +2,41 @@
 
 A unidirectional RNN's output at step t has seen x_1..x_t only. A bidirectional RNN runs a second
 RNN over the reversed sequence and concatenates the two states, so the output at t has seen the
-whole sequence: the past through the forward direction, the future through the backward one.
-The script trains a 2-layer bidirectional RNN and its unidirectional twin on a tagging task that
-needs both: is the symbol at position t seen both before t AND after t? Nothing is differentiated
-automatically; tests/test_rnn_numpy.py checks every gradient against torch's nn.RNN(bidirectional=True).
-
-Reading: M. Schuster and K. Paliwal, "Bidirectional Recurrent Neural Networks" (1997),
-https://doi.org/10.1109/78.650093; A. Graves and J. Schmidhuber, "Framewise phoneme classification
-with bidirectional LSTM and other neural network architectures" (2005); d2l chapter 10.3 "Deep
-Recurrent Neural Networks" and 10.4 "Bidirectional Recurrent Neural Networks",
-https://d2l.ai/chapter_recurrent-modern/bi-rnn.html.
-Arc: Modern recurrent neural networks -- implement bidirectional RNNs (d2l 10.4), in NumPy.
-
-Run:  python 05-rnns/birnn_numpy.py              (bidirectional and unidirectional, under a minute)
-      python 05-rnns/birnn_numpy.py --smoke      (seconds: narrow nets, few steps)
-Look first at `birnn_layer_forward` and `birnn_layer_backward`: the backward direction is the same
-RNN run on x reversed in time, and its gradient is reversed back; then at
-runs/birnn_numpy/learning_curves.png.
-
-One bidirectional layer, for x (T, B, D), with a forward RNN (W_xh, W_hh, b_h) and a backward RNN
-(its own W_xh', W_hh', b_h'):
+whole sequence: the past through the forward direction, the future through the backward one. The
+script trains a 2-layer bidirectional RNN and its unidirectional twin on a tagging task that needs
+both: is the symbol at position t seen both before t AND after t? tests/test_rnn_numpy.py checks
+every gradient against torch's nn.RNN(bidirectional=True) in float64.
+One layer, for x (T, B, D), with a forward RNN (W_xh, W_hh, b_h) and a backward one (W_xh', W_hh', b_h'):
 
     hf_t = tanh(x_t W_xh  + hf_{t-1} W_hh  + b_h),     t = 1..T      (reads x_1, x_2, ...)
     hb_t = tanh(x_t W_xh' + hb_{t+1} W_hh' + b_h'),    t = T..1      (reads x_T, x_{T-1}, ...)
     out_t = [hf_t | hb_t]                               (B, 2H)
-Layer 2 reads out_t (2H features) of layer 1 (a deep RNN, d2l 10.3). On top, per position,
-logits_t = out_t W_hy + b_y and the mean cross-entropy over all positions.
+    logits_t = out_t W_hy + b_y,   L = mean over the T*B positions of -log softmax(logits_t)[y_t]
+Layer 2 reads out_t (2H features) of layer 1 (a deep RNN, d2l 10.3).
+Why a bidirectional model cannot be a language model (d2l 10.4): at training time the backward
+state at t has already read x_{t+1}, so predicting it is copying; at generation time x_{t+1} does
+not exist yet. Bidirectional models fit tasks where the whole sequence is given: tagging, filling
+in a blank, encoding a sentence. `main` computes the accuracy of the best forward-only rule exactly,
+the ceiling the unidirectional twin cannot pass.
 
-Why a bidirectional model cannot be a language model (d2l 10.4): a language model predicts x_{t+1}
-from x_1..x_t. At training time the backward direction's state at t has already read x_{t+1}, so
-predicting it is copying, and the training loss falls to nearly 0; at generation time x_{t+1} does
-not exist yet, and there is nothing for the backward direction to read. Bidirectional models fit
-tasks where the whole sequence is given: tagging, filling in a blank, encoding a sentence.
+Reading: M. Schuster and K. Paliwal, "Bidirectional Recurrent Neural Networks" (1997),
+https://doi.org/10.1109/78.650093; A. Graves and J. Schmidhuber, "Framewise phoneme classification
+with bidirectional LSTM and other neural network architectures" (2005); d2l 10.3 "Deep Recurrent
+Neural Networks" and 10.4 "Bidirectional Recurrent Neural Networks",
+https://d2l.ai/chapter_recurrent-modern/bi-rnn.html.
+Arc: Modern recurrent neural networks -- implement bidirectional RNNs (d2l 10.4), in NumPy.
 
-Measured (defaults: seed 0, T = 12, 6 symbols, 2 layers x 64 units per direction, Adam 3e-3,
-batch 64, 20 epochs of 50 batches; per-position accuracy on 2,000 held-out sequences, where 25% of
-the positions are 1): the bidirectional RNN reaches 0.994 (loss 0.030); its unidirectional twin
-0.841 (loss 0.315), just under 0.848, the accuracy of the best rule that sees only x_1..x_t
-(computed exactly in `main`). 10-14 s and 4-6 s on a CPU shared with other jobs.
-runs/birnn_numpy/learning_curves.png shows both curves and that ceiling.
+Run:  python 05-rnns/birnn_numpy.py              (bidirectional and unidirectional, under a minute)
+      python 05-rnns/birnn_numpy.py --seq-len 20 --symbols 10
+      python 05-rnns/birnn_numpy.py --smoke      (seconds: narrow nets, few steps)
+Look first at `birnn_layer_forward` and `birnn_layer_backward`: the backward direction is the same
+RNN run on x reversed in time, and its gradient is reversed back; then at
+runs/birnn_numpy/learning_curves.png.
 """
 
 # %%
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -54,7 +46,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import save_metrics
+from data import nonneg_float, nonneg_int, positive_float, positive_int, save_metrics
 
 # %% [markdown]
 # ## One direction: the vanilla RNN over T steps, forward and BPTT
@@ -178,15 +170,15 @@ def backward(dout, dh_T, caches):
 
 
 # %%
-def make_batch(rng, batch_size, length, n_symbols):
+def make_batch(rng, batch_size, seq_len, n_symbols):
     """Random sequences (T, B) of n_symbols symbols, one-hot x (T, B, K), and per-position labels
     y[t] = 1 if x_t also occurs somewhere before t AND somewhere after t, else 0.
 
     A forward-only reader at t knows the "before" half; the "after" half is a coin it cannot see.
     """
-    seq = rng.integers(0, n_symbols, (length, batch_size))  # (T, B)
+    seq = rng.integers(0, n_symbols, (seq_len, batch_size))  # (T, B)
     same = seq[:, None, :] == seq[None, :, :]  # (T, T, B): same[t, s] = x_t == x_s
-    t = np.arange(length)
+    t = np.arange(seq_len)
     before = (same & (t[None, :] < t[:, None])[:, :, None]).any(axis=1)  # some s < t
     after = (same & (t[None, :] > t[:, None])[:, :, None]).any(axis=1)  # some s > t
     return np.eye(n_symbols, dtype=np.float32)[seq], (before & after).astype(np.int64)
@@ -215,6 +207,7 @@ def loss_and_grads(params, x, y):
     return float(loss), grads, logits.argmax(axis=1).reshape(T, B)
 
 
+# clipping by global norm, as taught in 05-rnns/rnn_numpy.py
 def clip_grad_norm(grads, max_norm):
     """Scale all gradients by max_norm / ||g|| if the global norm exceeds max_norm (in place, as torch's
     clip_grad_norm_); returns the norm before clipping."""
@@ -225,6 +218,7 @@ def clip_grad_norm(grads, max_norm):
     return norm
 
 
+# Adam, as taught in 02-optimization/adam_numpy.py
 def adam_step(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
     """One Adam step in place on flat dicts: m, v leaky means of g, g^2; theta -= lr m_hat / (sqrt(v_hat) + eps)."""
     b1, b2 = betas
@@ -238,21 +232,23 @@ def adam_step(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
 
 
 def train(bidirectional, args, x_val, y_val):
-    """Adam on fresh batches; held-out per-position accuracy after every epoch of `--steps` batches."""
+    """Adam on fresh batches; held-out per-position accuracy after every epoch of `--steps-per-epoch` batches."""
     rng, data_rng = np.random.default_rng([args.seed, 1]), np.random.default_rng(args.seed)
     dirs = 2 if bidirectional else 1
-    params = {"layers": init_layers(rng, args.symbols, args.hidden, args.layers, bidirectional)}
-    params["W_hy"] = (rng.standard_normal((dirs * args.hidden, 2)) / np.sqrt(dirs * args.hidden)).astype(np.float32)
+    params = {"layers": init_layers(rng, args.symbols, args.hidden_size, args.layers, bidirectional)}
+    F = dirs * args.hidden_size  # features the head reads: [hf | hb] or hf
+    params["W_hy"] = (rng.standard_normal((F, 2)) / np.sqrt(F)).astype(np.float32)
     params["b_y"] = np.zeros(2, np.float32)
     p_flat, opt, name = flat(params), {}, "birnn" if bidirectional else "uni"
     hist = {"train_loss": [], "val_acc": []}
     for epoch in range(1, args.epochs + 1):
         losses = []
-        for _ in tqdm(range(args.steps), desc=f"{name} epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
-            x, y = make_batch(data_rng, args.batch_size, args.length, args.symbols)
+        for _ in tqdm(range(args.steps_per_epoch), desc=f"{name} epoch {epoch}", leave=False,
+                      disable=not sys.stdout.isatty()):
+            x, y = make_batch(data_rng, args.batch_size, args.seq_len, args.symbols)
             loss, grads, _ = loss_and_grads(params, x, y)
             g = flat(grads)
-            clip_grad_norm(g, args.clip)
+            clip_grad_norm(g, args.clip or math.inf)  # --clip 0: never clipped
             adam_step(p_flat, g, opt, args.lr)
             losses.append(loss)
         _, _, pred = loss_and_grads(params, x_val, y_val)
@@ -272,14 +268,15 @@ def plot_curves(hists, ceiling, args, path):
         ax1.plot(epochs, hist["train_loss"], "o-", ms=3, label=name)
         ax2.plot(epochs, hist["val_acc"], "o-", ms=3, label=name)
     ax2.axhline(ceiling, color="gray", ls="--", label=f"best forward-only rule: {ceiling:.3f}")
-    ax1.set(xlabel=f"epoch ({args.steps} batches of {args.batch_size})", ylabel="cross-entropy", title="training loss")
+    ax1.set(xlabel=f"epoch ({args.steps_per_epoch} batches of {args.batch_size})", ylabel="cross-entropy",
+            title="training loss")
     ax2.set(xlabel="epoch", ylabel="accuracy per position", title="held-out accuracy (2,000 sequences)")
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"birnn_numpy: is x_t seen before AND after t?  T = {args.length}, {args.symbols} symbols, "
-                 f"{args.layers} layers x {args.hidden} units per direction")
+    fig.suptitle(f"birnn_numpy: is x_t seen before AND after t?  T = {args.seq_len}, {args.symbols} symbols, "
+                 f"{args.layers} layers x {args.hidden_size} units per direction")
     fig.savefig(path, dpi=120)
 
 
@@ -290,40 +287,41 @@ def plot_curves(hists, ceiling, args, path):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--length", type=int, default=12, help="sequence length T (default 12)")
-    p.add_argument("--symbols", type=int, default=6, help="alphabet size (default 6)")
-    p.add_argument("--hidden", type=int, default=None,
+    p.add_argument("--seq-len", type=positive_int, default=12, help="sequence length T (default 12)")
+    p.add_argument("--symbols", type=positive_int, default=6, help="alphabet size, >= 2 (default 6)")
+    p.add_argument("--hidden-size", type=positive_int, default=None,
                    help="units per direction and layer (default 64; 16 with --smoke)")
-    p.add_argument("--layers", type=int, default=2, help="stacked layers (default 2)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 20; 3 with --smoke)")
-    p.add_argument("--steps", type=int, default=None, help="batches per epoch (default 50; 30 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per batch (default 64)")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    p.add_argument("--clip", type=float, default=1.0, help="max global gradient norm (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and batches (default 0)")
+    p.add_argument("--layers", type=positive_int, default=2, help="stacked layers (default 2)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 20; 3 with --smoke)")
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                   help="batches per epoch (default 50; 30 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="sequences per batch (default 64)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--clip", type=nonneg_float, default=1.0,
+                   help="max global gradient norm, 0: no clipping (default 1.0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and batches (default 0)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/birnn_numpy)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run: narrow nets, few steps")
     args = p.parse_args(argv)
-    defaults = dict(hidden=16, epochs=3, steps=30) if args.smoke else dict(hidden=64, epochs=20, steps=50)
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if min(args.length, args.hidden, args.layers, args.epochs, args.steps, args.batch_size) < 1 or args.symbols < 2:
-        p.error("--length, --hidden, --layers, --epochs, --steps, --batch-size must be >= 1 and --symbols >= 2")
-    if args.lr <= 0 or args.clip <= 0:
-        p.error("--lr and --clip must be positive")
+    defaults = dict(hidden_size=16, epochs=3, steps_per_epoch=30) if args.smoke else \
+        dict(hidden_size=64, epochs=20, steps_per_epoch=50)
+    for flag, value in defaults.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    if args.symbols < 2:
+        p.error("--symbols must be at least 2")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    x_val, y_val = make_batch(np.random.default_rng([args.seed, 2]), 2000, args.length, args.symbols)
+    x_val, y_val = make_batch(np.random.default_rng([args.seed, 2]), 2000, args.seq_len, args.symbols)
     # The best a forward-only reader can do: where x_t was seen before, guess "seen after too" iff
     # that is likelier than not, P(seen after) = 1 - (1 - 1/K)^(T-1-t); where it was not, answer 0.
-    t = np.arange(args.length)[:, None]
-    p_after = 1 - (1 - 1 / args.symbols) ** (args.length - 1 - t)
+    t = np.arange(args.seq_len)[:, None]
+    p_after = 1 - (1 - 1 / args.symbols) ** (args.seq_len - 1 - t)
     seen_before = (x_val.argmax(axis=2)[:, None, :] == x_val.argmax(axis=2)[None, :, :])
-    seen_before = (seen_before & (np.arange(args.length)[None, :] < t)[:, :, None]).any(axis=1)
+    seen_before = (seen_before & (np.arange(args.seq_len)[None, :] < t)[:, :, None]).any(axis=1)
     ceiling = float(((seen_before & (p_after > 0.5)).astype(int) == y_val).mean())
-    print(f"birnn_numpy: T = {args.length}, {args.symbols} symbols, {args.layers} layers x {args.hidden} units; "
+    print(f"birnn_numpy: T = {args.seq_len}, {args.symbols} symbols, {args.layers} layers x {args.hidden_size} units; "
           f"{y_val.mean():.3f} of positions are 1; forward-only ceiling {ceiling:.3f}")
     hists, secs = {}, {}
     for name, bidirectional in (("birnn", True), ("uni", False)):

@@ -8,41 +8,26 @@ LSTMs with their own weights over the same sequence, one forwards and one backwa
     ->h_t = LSTM_fwd(x_t, ->h_{t-1})      t = 1 .. T       summary of x_1 .. x_t
     <-h_t = LSTM_bwd(x_t, <-h_{t+1})      t = T .. 1       summary of x_t .. x_T
     h_t   = [->h_t ; <-h_t]               (B, 2H)          what layer l+1 reads at step t
-
-so every output h_t depends on the whole sequence. Here the classifier reads [->h_T ; <-h_1] of the top
-layer, the two directions' full summaries. torch stores the backward weights as weight_ih_l{k}_reverse
-etc., and orders the final states layer by layer, forward before backward: (num_layers * 2, B, H).
-
-Deep RNNs (d2l 10.3, read-only item of the arc). Stacking L recurrent layers, layer l reads the hidden
-states of layer l-1 at the same step, H_t^(l) = f(H_t^(l-1), H_{t-1}^(l)), and the output layer reads
-H_t^(L). Depth adds nonlinear processing within a step, on top of the depth through time; each layer
-has its own weights (layer 1's W_ih is (4H, D), the others' (4H, H), or (4H, 2H) when bidirectional).
-In practice 2-4 layers, with dropout between layers (never on the recurrent path); deeper stacks need
-residual connections and care. Every module of 05-rnns/*_torch.py is a deep RNN with num_layers >= 2.
-
-Why a bidirectional model cannot serve as a language model (d2l 10.4). A language model must give
-p(x_{t+1} | x_1 .. x_t) using only the past. The backward direction's <-h_t is computed from
-x_t .. x_T, which contains x_{t+1}, the very token to predict: trained on next-token prediction it
-would learn to copy it from its input, reach a near-zero training loss and predict nothing. And when
-generating, the future tokens do not exist yet, so <-h_t cannot be computed at all. (Masking the
-target token gives a different model, a masked language model, not a left-to-right one.) Bidirectional
-layers are for tasks where the whole sequence is known before the answer: classifying a sequence,
-tagging each token (part of speech, named entities), encoding a source sentence for translation,
-producing contextual embeddings (ELMo, BERT). They also cost latency: no output before the backward
-pass has read the whole sequence.
-
-Measured (default run, seed 0, on a CPU shared with other jobs): test accuracy 0.8873 for the
-bidirectional LSTM (148,746 parameters) against 0.8751 for its one-direction twin (57,994).
+    logits = [->h_T ; <-h_1] W^T + b      (B, 10)          the top layer's two full summaries
+torch stores the backward weights as weight_ih_l{k}_reverse etc., and orders the final states layer
+by layer, forward before backward: (num_layers * 2, B, H).
+Deep RNNs (d2l 10.3): layer l reads the states of layer l-1 at the same step, H_t^(l) = f(H_t^(l-1),
+H_{t-1}^(l)); depth adds nonlinear processing within a step; 2-4 layers in practice, dropout between
+layers (never on the recurrent path). Why a bidirectional model cannot be a language model (d2l 10.4):
+<-h_t is computed from x_t .. x_T, which contains x_{t+1}, the token to predict, so training would
+teach it to copy; and when generating, the future does not exist yet. Bidirectional layers are for
+tasks where the whole sequence is known first: classifying or tagging a sequence, encoding a source
+sentence, contextual embeddings (ELMo, BERT).
 
 Reading: M. Schuster and K. K. Paliwal (1997), "Bidirectional Recurrent Neural Networks", IEEE
 Trans. Signal Processing 45(11); A. Graves and J. Schmidhuber (2005), "Framewise phoneme classification
 with bidirectional LSTM"; d2l 10.3 and 10.4, https://d2l.ai/chapter_recurrent-modern/deep-rnn.html,
-https://d2l.ai/chapter_recurrent-modern/bi-rnn.html.
-As torch.nn.LSTM(bidirectional=True or False), batch_first=False; state_dicts interchangeable
-(tests/test_rnn_torch.py checks outputs, final states and gradients).
+https://d2l.ai/chapter_recurrent-modern/bi-rnn.html. As torch.nn.LSTM(bidirectional=True or False),
+batch_first=False; state_dicts interchangeable (tests/test_rnn_torch.py).
 Arc: Modern recurrent neural networks -- bidirectional RNNs in PyTorch; deep recurrent networks (read).
 
-Run:  python 05-rnns/birnn_torch.py [--hidden 64 --layers 2 --epochs 3 --batch-size 128 --lr 2e-3]
+Run:  python 05-rnns/birnn_torch.py
+      python 05-rnns/birnn_torch.py --hidden-size 128 --layers 3 --epochs 5 --device cuda
       python 05-rnns/birnn_torch.py --smoke
 Look first at `BiLSTM.forward` (the backward direction is the same cell run on the reversed sequence,
 its outputs reversed back), then at the figure: both nets, same budget, bidirectional vs forward only.
@@ -62,7 +47,17 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    probability,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## The layer
@@ -200,6 +195,17 @@ def evaluate(model, X, y, batch_size=1000):
     return F.cross_entropy(logits, y).item(), (logits.argmax(dim=1) == y).float().mean().item()
 
 
+# device picker, as taught in 01-foundations/mlp_torch.py
+def pick_device(name):
+    """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if name == "auto":
+        name = next(d for d, ok in available.items() if ok)
+    if not available[name]:
+        raise ValueError(f"--device {name}: not available on this machine")
+    return torch.device(name)
+
+
 # %% [markdown]
 # ## Training (the same loop for both nets)
 
@@ -217,11 +223,11 @@ def train(model, data, args, label):
         losses = []
         for idx in tqdm(minibatches(len(Xtr), args.batch_size, data_rng), total=steps_per_epoch,
                         desc=f"{label} epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
-            idx = torch.from_numpy(idx)
+            idx = torch.from_numpy(idx).to(Xtr.device)
             loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)  # by global norm, as in lstm_torch.py
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip or math.inf)  # by global norm; 0: off
             opt.step()
             losses.append(loss.detach())
         hist["step_losses"] += torch.stack(losses).tolist()
@@ -262,41 +268,48 @@ def plot_curves(hists, steps_per_epoch, path, title):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 2 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 64 with --smoke)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-3; 5e-3 with --smoke)")
-    p.add_argument("--hidden", type=int, default=None, help="hidden size H per direction (default 64; 32 with --smoke)")
-    p.add_argument("--layers", type=int, default=2, help="stacked layers (default 2)")
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout between layers (default 0.1)")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient clipping threshold on the global norm (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and dropout (default 0)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 2 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 64 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam learning rate (default 2e-3; 5e-3 with --smoke)")
+    p.add_argument("--hidden-size", type=positive_int, default=None,
+                   help="hidden size H per direction (default 64; 32 with --smoke)")
+    p.add_argument("--layers", type=positive_int, default=2, help="stacked layers (default 2)")
+    p.add_argument("--dropout", type=probability, default=0.1, help="dropout between layers (default 0.1)")
+    p.add_argument("--clip", type=nonneg_float, default=1.0,
+                   help="max global gradient norm, 0: no clipping (default 1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights, minibatch order and dropout (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics, figure and weights go (default runs/<script>)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on 2k training images, a small net")
     args = p.parse_args(argv)
-    for name, smoke, default in [("epochs", 2, 3), ("batch_size", 64, 128), ("lr", 5e-3, 2e-3), ("hidden", 32, 64)]:
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        p.error(str(exc))
+    for name, smoke, default in [("epochs", 2, 3), ("batch_size", 64, 128), ("lr", 5e-3, 2e-3),
+                                 ("hidden_size", 32, 64)]:
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else default)
-    if min(args.epochs, args.batch_size, args.hidden, args.layers) < 1 or args.lr <= 0 or args.clip <= 0:
-        p.error("--epochs, --batch-size, --hidden, --layers, --lr and --clip must be positive")
-    if not 0 <= args.dropout < 1:
-        p.error("--dropout must be in [0, 1)")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        data = tuple(torch.from_numpy(a) for a in load_data(args.data_dir, args.smoke))
+        data = tuple(torch.from_numpy(a).to(device) for a in load_data(args.data_dir, args.smoke))
     except DataError as exc:
         sys.exit(f"error: {exc}")
 
     hists, models = {}, {}
     for label, bidirectional in [("bidirectional", True), ("unidirectional", False)]:
         torch.manual_seed(args.seed)
-        models[label] = RowClassifier(args.hidden, args.layers, args.dropout, bidirectional)
+        models[label] = RowClassifier(args.hidden_size, args.layers, args.dropout, bidirectional).to(device)
         hists[label] = train(models[label], data, args, label)
 
     steps_per_epoch = -(-len(data[0]) // args.batch_size)
     plot_curves(hists, steps_per_epoch, out_dir / "learning_curves.png",
-                f"{Path(__file__).stem}: {args.layers}-layer LSTM, H = {args.hidden}, Fashion-MNIST rows as a sequence")
+                f"{Path(__file__).stem}: {args.layers}-layer LSTM, H = {args.hidden_size}, "
+                "Fashion-MNIST rows as a sequence")
     bi, uni = hists["bidirectional"], hists["unidirectional"]
     n_params = {label: sum(q.numel() for q in m.parameters()) for label, m in models.items()}
     metrics = {"script": Path(__file__).stem, "test_acc": bi["test_acc"][-1],
@@ -304,7 +317,8 @@ def main(argv=None) -> dict:
                "test_loss_unidirectional": uni["test_loss"][-1], "first_loss": bi["step_losses"][0],
                "final_train_loss": bi["step_losses"][-1], "params": n_params["bidirectional"],
                "params_unidirectional": n_params["unidirectional"], "sec_per_epoch": float(np.median(bi["epoch_s"])),
-               "sec_per_epoch_unidirectional": float(np.median(uni["epoch_s"])), "config": vars(args),
+               "sec_per_epoch_unidirectional": float(np.median(uni["epoch_s"])), "device": str(device),
+               "config": vars(args),
                "history": {label: {k: h[k] for k in ("test_acc", "test_loss")} for label, h in hists.items()}}
     save_metrics(out_dir, metrics, __file__, argv)
     torch.save({label: m.state_dict() for label, m in models.items()}, out_dir / "checkpoint.pt")

@@ -1,13 +1,23 @@
 """Subword embeddings: byte-pair encoding learned step by step, and fastText's character n-grams.
 
-A word-level vocabulary has two problems: it cannot represent a word it never saw ("timetraveller",
-a misspelling, a new name), and it treats "help", "helps" and "helpful" as unrelated symbols.
-Subword units fix both. Byte-pair encoding (BPE; Sennrich, Haddow and Birch 2016) learns them from
-the corpus: split every word into characters plus an end-of-word marker "</w>", count every pair of
-adjacent symbols (each count weighted by the word's frequency), merge the most frequent pair into
-one new symbol everywhere, and repeat for a fixed number of merges. Frequent words become one
-symbol, rare words a few frequent pieces (un + believ + ably), and any word made of known characters
-can be segmented. The marker keeps "est</w>" (a word ending) apart from "est" inside "esteem".
+A word-level vocabulary cannot represent a word it never saw ("timetraveller", a misspelling, a new
+name), and treats "help", "helps" and "helpful" as unrelated symbols. Subword units fix both.
+Byte-pair encoding (BPE; Sennrich, Haddow and Birch 2016) learns them from the corpus: split every word
+into characters plus an end-of-word marker "</w>", count every pair of adjacent symbols (weighted by
+the word's frequency), merge the most frequent pair into one new symbol everywhere, and repeat:
+
+    repeat num_merges times:  (a, b) = argmax_{pairs} sum_w freq(w) * count of (a, b) in w
+                              every "a b" -> "ab" in every word
+    encode(new word): replay the merges in the order learned (the lowest-ranked pair present first)
+
+Frequent words become one symbol, rare words a few frequent pieces (un + believ + ably). The marker
+keeps "est</w>" (a word ending) apart from "est" inside "esteem". Byte-level BPE (GPT-2) starts from
+the 256 bytes instead of characters, so no text is ever out of vocabulary: data/bpe.py's
+`BPETokenizer`, which main() trains beside the lesson on the same words for comparison.
+fastText (Bojanowski et al. 2017) keeps skip-gram but builds a word's vector from its character
+n-grams, n = 3..6, of "<word>" (plus the whole "<word>"): u_w = sum_{g in G(w)} z_g, each n-gram's
+row chosen by a hash (FNV-1a) modulo 2 million buckets; unseen words share n-grams with known ones.
+BPE has no random part: --seed is accepted for the common command line and changes nothing.
 
 Reading: R. Sennrich, B. Haddow and A. Birch (2016), "Neural Machine Translation of Rare Words with
 Subword Units", ACL, https://arxiv.org/abs/1508.07909 (Algorithm 1 is the loop below); d2l 15.6
@@ -19,58 +29,8 @@ Arc: NLP pretraining -- subword embeddings (d2l 15.6): byte-pair encoding and fa
 Run:  python 05-rnns/bpe_numpy.py                          (The Time Machine, 2,000 merges, about a minute)
       python 05-rnns/bpe_numpy.py --corpus ptb --merges 500
       python 05-rnns/bpe_numpy.py --smoke                  (seconds: the first 2,000 words, 100 merges)
-Look first at `learn_bpe` (count, pick, merge, repeat), then at the worked example in
-`TOY_VOCAB`, then at runs/bpe_numpy/bpe_merges.png: how fast tokens per word fall with merges.
-
-The paper's worked example, by hand
------------------------------------
-Algorithm 1 of the paper learns 10 merges from {low: 5, lower: 2, newest: 6, widest: 3}, written
-as l o w </w> (5), l o w e r </w> (2), n e w e s t </w> (6), w i d e s t </w> (3). The pair counts:
-
-    e s 9 (newest 6 + widest 3)   s t 9   t </w> 9   w e 8 (lower 2 + newest 6)   l o 7   o w 7
-    n e 6   e w 6   w </w> 5   w i 3   i d 3   d e 3   e r 2   r </w> 2
-
-Three pairs tie at 9. Ties here go to the pair whose (left, right) strings sort first, so merge 1
-is e s -> es. Then es t 9 and t </w> 9 tie, 'es' < 't': merge 2 is es t -> est, and merge 3
-est </w> -> est</w> (9). Now l o 7 and o w 7 tie: merge 4 l o -> lo, merge 5 lo w -> low (7). The
-words are low </w>, low e r </w>, n e w est</w>, w i d est</w>, and n e, e w, w est</w> tie at 6:
-merge 6 e w -> ew ('e' < 'n' < 'w'), merge 7 ew est</w> -> ewest</w> ('ew' < 'n'), merge 8
-n ewest</w> -> newest</w>, merge 9 low </w> -> low</w> (5), and of w i, i d, d est</w> (3 each)
-merge 10 d est</w> -> dest</w>. tests/test_bpe.py checks `learn_bpe` against exactly this list.
-(The paper's Python takes the pair it met first on a tie, `max(stats, key=stats.get)`: the same
-first five merges and the same newest</w> and low</w>, via n e and ne w, and w i at merge 10.)
-
-Encoding a new word replays the merges in the order they were learned (the lowest-ranked pair
-present first), so it gets the segmentation a training word would have had; `decode` joins the
-symbols and turns each "</w>" back into a word break.
-
-Byte-level BPE (GPT-2) starts from the 256 bytes instead of characters, so no text is ever
-out of vocabulary, and cuts the text into chunks (" word", " 1895", "...") whose leading space
-plays the role of "</w>": it is data/bpe.py's `BPETokenizer`, which main() trains beside the lesson
-on the same words (same number of merges, same tie-break) for comparison.
-
-fastText's character n-grams
-----------------------------
-fastText (Bojanowski et al. 2017) keeps skip-gram (word2vec) but gives each word a vector built from
-its pieces. The word is wrapped in boundary symbols, "where" -> "<where>", and cut into all its
-character n-grams for n = 3..6: the 3-grams are "<wh", "whe", "her", "ere", "re>", then the 4-, 5-
-and 6-grams, plus the whole "<where>" as one more unit. The word's vector is the sum of the vectors
-of its n-grams, u_w = sum_{g in G(w)} z_g, and the skip-gram score of a context word c is u_w . v_c.
-"her" inside "<where>" is a different unit from the word "<her>", thanks to the boundaries. Rare
-and unseen words get vectors from the n-grams they share with known words (timetraveller shares
-most of its n-grams with time and traveller). There are too many n-grams to store one vector each,
-so an n-gram's index is a hash of its characters (FNV-1a, 32 bits) modulo 2 million buckets:
-colliding n-grams share a vector. `char_ngrams` and `ngram_bucket` below are those two steps.
-
-Measured (default run, seed-free: BPE is deterministic; The Time Machine after d2l's preprocessing:
-32,775 words, 4,579 distinct, 26 letters; on a CPU shared with other jobs): 2,000 merges in 37-59 s
-(16.6 s alone on the machine; the recount of every pair at every merge is the cost); tokens per word
-fall from 5.29 (letters + </w>) to 1.31. The first merges are e </w>, t h, d </w>, t </w>, s </w>,
-i n, a n, th e</w>: word endings and "the" first. Unseen words: unbelievably -> un beli ev ably</w>,
-timetraveller -> ti me traveller</w>, travellers -> travell ers</w>. The byte-level tokenizer with
-the same 2,000 merges (2,256 tokens) trains in 0.5 s, reaches 1.30 tokens per word (4.07 bytes per
-token) and round-trips the raw book and a multilingual string exactly.
-runs/bpe_numpy/bpe_merges.png.
+Look first at `learn_bpe` (count, pick, merge, repeat), then at the worked example above `TOY_VOCAB`,
+then at runs/bpe_numpy/bpe_merges.png: how fast tokens per word fall with merges.
 """
 
 # %%
@@ -84,10 +44,33 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import preprocess_timemachine, ptb, save_metrics, timemachine, tinyshakespeare, tokenize
+from data import (
+    DataError,
+    nonneg_int,
+    positive_int,
+    preprocess_timemachine,
+    ptb,
+    save_metrics,
+    timemachine,
+    tinyshakespeare,
+    tokenize,
+)
 from data.bpe import BPETokenizer
 
 EOW = "</w>"  # the end-of-word marker: a symbol of its own until merged with the word's last letters
+# The paper's worked example, by hand. Algorithm 1 learns 10 merges from {low: 5, lower: 2, newest: 6,
+# widest: 3}, written l o w </w> (5), l o w e r </w> (2), n e w e s t </w> (6), w i d e s t </w> (3):
+#     e s 9 (newest 6 + widest 3)   s t 9   t </w> 9   w e 8 (lower 2 + newest 6)   l o 7   o w 7
+#     n e 6   e w 6   w </w> 5   w i 3   i d 3   d e 3   e r 2   r </w> 2
+# Three pairs tie at 9. Ties here go to the pair whose (left, right) strings sort first, so merge 1 is
+# e s -> es. Then es t 9 and t </w> 9 tie, 'es' < 't': merge 2 is es t -> est, and merge 3
+# est </w> -> est</w> (9). Now l o 7 and o w 7 tie: merge 4 l o -> lo, merge 5 lo w -> low (7). The words
+# are low </w>, low e r </w>, n e w est</w>, w i d est</w>, and n e, e w, w est</w> tie at 6: merge 6
+# e w -> ew ('e' < 'n' < 'w'), merge 7 ew est</w> -> ewest</w> ('ew' < 'n'), merge 8 n ewest</w> ->
+# newest</w>, merge 9 low </w> -> low</w> (5), and of w i, i d, d est</w> (3 each) merge 10
+# d est</w> -> dest</w>. tests/test_bpe.py checks `learn_bpe` against exactly this list. (The paper's
+# Python takes the pair it met first on a tie, `max(stats, key=stats.get)`: the same first five merges
+# and the same newest</w> and low</w>, via n e and ne w, and w i at merge 10.)
 TOY_VOCAB = {"low": 5, "lower": 2, "newest": 6, "widest": 3}  # Algorithm 1 of Sennrich et al. (2016)
 PROBE_WORDS = ("unbelievably", "timetraveller", "travellers", "machinery", "psychologist", "the")
 
@@ -182,6 +165,14 @@ def decode(symbols: list[str]) -> list[str]:
 
 # %% [markdown]
 # ## fastText: a word as its bag of character n-grams (Bojanowski et al. 2017)
+#
+# The word is wrapped in boundary symbols, "where" -> "<where>", and cut into all its character n-grams
+# for n = 3..6: the 3-grams are "<wh", "whe", "her", "ere", "re>", then the 4-, 5- and 6-grams, plus the
+# whole "<where>" as one more unit. The skip-gram score of a context word c is u_w . v_c with
+# u_w = sum_{g in G(w)} z_g. "her" inside "<where>" is a different unit from the word "<her>", thanks to
+# the boundaries. Rare and unseen words get vectors from the n-grams they share with known words. There
+# are too many n-grams to store one vector each, so an n-gram's index is a hash of its characters
+# (FNV-1a, 32 bits) modulo 2 million buckets: colliding n-grams share a vector.
 
 
 # %%
@@ -220,6 +211,13 @@ def corpus_words(name: str, data_dir=None) -> list[str]:
     return [w for w in tokenize(ptb("train", data_dir), "word") if w != "<unk>"]  # PTB: its own tokens
 
 
+def corpus_text(name: str, data_dir=None) -> str:
+    """The corpus's raw text, as its file holds it (PTB: the training split)."""
+    if name == "ptb":
+        return ptb("train", data_dir)
+    return {"timemachine": timemachine, "tinyshakespeare": tinyshakespeare}[name](data_dir)
+
+
 def plot_merges(n_symbols, n_words, byte_points, path):
     """Tokens per word against the number of merges, the byte-level tokenizer's points beside it."""
     fig = Figure(figsize=(7, 4.2), layout="constrained")
@@ -244,24 +242,27 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", choices=("timemachine", "tinyshakespeare", "ptb"), default="timemachine",
                    help="the words to learn merges from (default timemachine)")
-    p.add_argument("--merges", type=int, default=None, help="merges to learn (default 2000; 100 with --smoke)")
+    p.add_argument("--merges", type=positive_int, default=None, help="merges to learn (default 2000; 100 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="accepted for the common command line: BPE draws nothing")
     p.add_argument("--data-dir", default=None, help="where the corpus is (default: $ARC_DATA_DIR, data/cache)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/bpe_numpy)")
     p.add_argument("--smoke", action="store_true", help="seconds: the first 2,000 words, 100 merges")
     args = p.parse_args(argv)
     if args.merges is None:
         args.merges = 100 if args.smoke else 2000
-    if args.merges < 1:
-        p.error("--merges must be >= 1")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        words = corpus_words(args.corpus, args.data_dir)
+        raw = corpus_text(args.corpus, args.data_dir)  # for the byte-level round trip
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
 
-    # The paper's toy example first: the ten merges worked out by hand in the docstring.
+    # The paper's toy example first: the ten merges worked out by hand above TOY_VOCAB.
     toy_merges, _ = learn_bpe(word_freqs_to_vocab(TOY_VOCAB), 10)
     print("Sennrich et al. (2016), Algorithm 1, {low: 5, lower: 2, newest: 6, widest: 3}:")
     print("  " + ", ".join(f"{a} {b} -> {a + b}" for a, b in toy_merges))
 
-    words = corpus_words(args.corpus, args.data_dir)
     if args.smoke:
         words = words[:2000]
     word_freqs = Counter(words)
@@ -292,7 +293,6 @@ def main(argv=None) -> dict:
     byte_points = []
     for k in sorted({0, len(merges) // 4, len(merges) // 2, len(merges)}):  # the same merges, truncated
         byte_points.append((k, len(BPETokenizer(tok.merges[:k]).encode(text)) / len(words)))
-    raw = {"timemachine": timemachine, "tinyshakespeare": tinyshakespeare, "ptb": ptb}[args.corpus](args.data_dir)
     sample = "Größe, naïve café: 東京 😀\r\n\ttabs  and  spaces"
     byte_round_trip = tok.decode(tok.encode(raw)) == raw and tok.decode(tok.encode(sample)) == sample
     ids = tok.encode(text)

@@ -2,32 +2,21 @@
 
 word2vec learns from one (centre, context) window at a time; GloVe first counts, over the whole
 corpus, how often every word j appears near every word i, X_ij, and then fits word vectors to those
-counts. The model asks that the dot product of a word vector w_i and a context vector w~_j, plus two
-biases, equal the log of the count:
+counts: the dot product of a word vector w_i and a context vector w~_j, plus two biases, should equal
+the log of the count, in weighted least squares over the nonzero entries (log 0 is undefined):
 
     w_i . w~_j + b_i + b~_j  ~  log X_ij
-
-and the fit is weighted least squares over the nonzero entries of X (log 0 is undefined, and zeros
-are most of X):
-
     J = sum_{ij: X_ij > 0} f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2
     f(x) = (x / x_max)^alpha if x < x_max else 1          (x_max = 100, alpha = 3/4)
 
-f is 0 at x = 0, grows for rare pairs (whose counts are noisy, so they weigh less), and is capped
-at 1 so that the very frequent pairs ("of the") do not dominate. Why logs of counts: the paper's
-argument is that ratios of co-occurrence probabilities P(k | ice) / P(k | steam) carry the meaning
-(large for k = solid, small for k = gas, near 1 for k = water), and a dot product of vector
-differences can only express a ratio once it is a difference of logs.
-
-Counting (section 4.2 of the paper): a symmetric window of 10 words each side, and a pair d words
-apart adds 1/d to X_ij, so that distant words count less. X is symmetric. Training: AdaGrad with
-initial learning rate 0.05 on minibatches of nonzero entries, shuffled every epoch. The words come
-out as W + W~ (see `word_vectors` for why the sum).
-
-Here the corpus is H. G. Wells's The Time Machine: 32,775 words, of which the 824 distinct words seen
-at least 5 times (--min-freq) make 26,848 (the rest are dropped as <unk>). It is small
-enough to count into a dense matrix and train in seconds, large enough for neighbours that make
-sense. glove_torch.py does the same on the Penn Treebank with sparse counts.
+f is 0 at x = 0, grows for rare pairs (whose counts are noisy, so they weigh less), and is capped at 1
+so that the very frequent pairs ("of the") do not dominate. Why logs: ratios of co-occurrence
+probabilities P(k | ice) / P(k | steam) carry the meaning (large for k = solid, small for k = gas), and
+a dot product of vector differences can only express a ratio once it is a difference of logs.
+Counting (section 4.2 of the paper): a window of 10 words each side, a pair d words apart adds 1/d to
+X_ij, so X is symmetric. Training: AdaGrad on minibatches of nonzero entries, shuffled every epoch; the
+words come out as W + W~ (see `word_vectors`). The corpus is H. G. Wells's The Time Machine: small
+enough to count into a dense matrix and train in seconds (glove_torch.py does PTB with sparse counts).
 
 Reading: J. Pennington, R. Socher and C. D. Manning, "GloVe: Global Vectors for Word Representation"
 (EMNLP 2014), https://nlp.stanford.edu/pubs/glove.pdf; d2l 15.5 "Word Embedding with Global
@@ -36,23 +25,12 @@ Vectors (GloVe)", https://d2l.ai/chapter_natural-language-processing-pretraining
 Methods" (AdaGrad).
 Arc: NLP pretraining (word embeddings) -- GloVe from scratch, in NumPy, on a toy corpus.
 
-Run:  python 05-rnns/glove_numpy.py              (50 epochs, dimension 50: 15-25 s on a CPU)
-      python 05-rnns/glove_numpy.py --probes time,night,three
-      python 05-rnns/glove_numpy.py --smoke      (seconds)
+Run:  python 05-rnns/glove_numpy.py              (50 epochs, dimension 50: seconds on a CPU)
+      python 05-rnns/glove_numpy.py --probes time,night,three --embed-dim 100
+      python 05-rnns/glove_numpy.py --smoke
 Look first at `glove_loss_and_grads` (the gradients derived in its docstring, np.add.at for words
 that appear several times in a batch), then at the nearest neighbours printed at the end and at
 runs/glove_numpy/embeddings_pca.png.
-
-Measured (defaults: window 10, dimension 50, batch 512, AdaGrad 0.05, 50 epochs, seed 0; one core of
-a CPU shared with other jobs): 123,836 nonzero X_ij of 825^2 (18%); J / N 0.106 before training,
-0.0499 after epoch 1, 0.00461 after epoch 50; 0.2-0.4 s per epoch. Nearest neighbours (cosine of W + W~):
-    time: machine 0.90, traveller 0.85, for 0.66, this 0.62, travelling 0.59
-    night: day 0.78, again 0.51, bronze 0.45, was 0.44, sphinx 0.41
-    three: dimensions 0.80, four 0.62, why 0.50, years 0.48, minute 0.48
-    white: sphinx 0.77, flowers 0.70, strange 0.63, saw 0.50, by 0.50
-A corpus of 27k words teaches topics and set phrases ("time machine", "three dimensions", "white
-sphinx") more than meaning; of the five analogies only he : his :: she : her comes out right.
-runs/glove_numpy/embeddings_pca.png still separates the numbers from the pronouns.
 """
 
 # %%
@@ -65,7 +43,17 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import Vocab, preprocess_timemachine, save_metrics, timemachine, tokenize
+from data import (
+    DataError,
+    Vocab,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    preprocess_timemachine,
+    save_metrics,
+    timemachine,
+    tokenize,
+)
 
 # Probe words for the toy corpus: each is frequent enough in The Time Machine to have a vector.
 PROBES = ("time", "night", "three", "white")
@@ -164,6 +152,7 @@ def word_vectors(params):
 
 
 # %%
+# AdaGrad, as taught in 02-optimization/adagrad_numpy.py
 def adagrad_step(params, grads, state, lr, eps=1e-10):
     """In place, for every parameter: G += g^2;  theta -= lr g / (sqrt(G) + eps)   (torch.optim.Adagrad's
     update, with G starting at 0).
@@ -275,30 +264,34 @@ def report_similarity(E, vocab, probes, k=5):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="passes over the X_ij (default 50; 10 with --smoke)")
-    p.add_argument("--dim", type=int, default=None, help="vector size (default 50; 32 with --smoke)")
-    p.add_argument("--window", type=int, default=10, help="words counted on each side (default 10, the paper's)")
-    p.add_argument("--min-freq", type=int, default=5, help="rarer words become <unk> and are dropped (default 5)")
-    p.add_argument("--batch-size", type=int, default=512, help="nonzero entries per step (default 512)")
-    p.add_argument("--lr", type=float, default=0.05, help="AdaGrad's initial learning rate (default 0.05)")
-    p.add_argument("--x-max", type=float, default=100.0, help="where the weight f reaches 1 (default 100)")
-    p.add_argument("--alpha", type=float, default=0.75, help="exponent of f (default 0.75)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="passes over the X_ij (default 50; 10 with --smoke)")
+    p.add_argument("--embed-dim", type=positive_int, default=None, help="vector size (default 50; 32 with --smoke)")
+    p.add_argument("--window", type=positive_int, default=10,
+                   help="words counted on each side (default 10, the paper's)")
+    p.add_argument("--min-freq", type=positive_int, default=5,
+                   help="rarer words become <unk> and are dropped (default 5)")
+    p.add_argument("--batch-size", type=positive_int, default=512, help="nonzero entries per step (default 512)")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="AdaGrad's initial learning rate (default 0.05)")
+    p.add_argument("--x-max", type=positive_float, default=100.0, help="where the weight f reaches 1 (default 100)")
+    p.add_argument("--x-alpha", type=positive_float, default=0.75, help="exponent of f (default 0.75)")
     p.add_argument("--probes", default=",".join(PROBES), help=f"comma-separated words (default {','.join(PROBES)})")
-    p.add_argument("--seed", type=int, default=0, help="seeds the initial vectors and the shuffling (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds the initial vectors and the shuffling (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with timemachine.txt (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/glove_numpy)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run: 10 epochs, dimension 32")
     args = p.parse_args(argv)
-    args.epochs = args.epochs if args.epochs is not None else (10 if args.smoke else 50)
-    args.dim = args.dim if args.dim is not None else (32 if args.smoke else 50)
-    if min(args.epochs, args.dim, args.window, args.min_freq, args.batch_size) < 1:
-        p.error("--epochs, --dim, --window, --min-freq and --batch-size must be >= 1")
-    if args.lr <= 0 or args.x_max <= 0 or args.alpha <= 0:
-        p.error("--lr, --x-max and --alpha must be positive")
+    if args.epochs is None:
+        args.epochs = 10 if args.smoke else 50
+    if args.embed_dim is None:
+        args.embed_dim = 32 if args.smoke else 50
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    tokens = tokenize(preprocess_timemachine(timemachine(args.data_dir)), "word")
+    try:
+        tokens = tokenize(preprocess_timemachine(timemachine(args.data_dir)), "word")
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
     vocab = Vocab(tokens, min_freq=args.min_freq)
     probes = [w.strip() for w in args.probes.split(",") if w.strip()]
     try:
@@ -311,11 +304,11 @@ def main(argv=None) -> dict:
     i_all, j_all, x_all = nonzero_entries(cooccurrence(corpus, V, args.window))
     N = len(x_all)
     print(f"glove_numpy: The Time Machine, {len(corpus):,} words, vocabulary {V}, window {args.window}: "
-          f"{N:,} nonzero X_ij of {V * V:,}; dimension {args.dim}, AdaGrad lr {args.lr}")
+          f"{N:,} nonzero X_ij of {V * V:,}; dimension {args.embed_dim}, AdaGrad lr {args.lr}")
 
     rng = np.random.default_rng(args.seed)
-    params, state = init_params(rng, V, args.dim), {}
-    initial_loss = glove_loss_and_grads(params, i_all, j_all, x_all, args.x_max, args.alpha)[0]  # J / N
+    params, state = init_params(rng, V, args.embed_dim), {}
+    initial_loss = glove_loss_and_grads(params, i_all, j_all, x_all, args.x_max, args.x_alpha)[0]  # J / N
     print(f"initial loss {initial_loss:.5f}")
     history, secs = [], []
     for epoch in range(1, args.epochs + 1):
@@ -325,7 +318,7 @@ def main(argv=None) -> dict:
         for s in tqdm(range(0, N, args.batch_size), desc=f"epoch {epoch}", leave=False,
                       disable=not sys.stdout.isatty()):
             k = order[s : s + args.batch_size]
-            loss, grads = glove_loss_and_grads(params, i_all[k], j_all[k], x_all[k], args.x_max, args.alpha)
+            loss, grads = glove_loss_and_grads(params, i_all[k], j_all[k], x_all[k], args.x_max, args.x_alpha)
             adagrad_step(params, grads, state, args.lr)
             total += loss * len(k)
         history.append(total / N)  # the epoch's J / N (entries seen while learning)
@@ -334,9 +327,9 @@ def main(argv=None) -> dict:
 
     E = word_vectors(params)
     neighbours, analogies = report_similarity(E, vocab, probes)
-    plot_loss(initial_loss, history, out_dir / "loss.png", f"glove_numpy: The Time Machine, dim {args.dim}")
+    plot_loss(initial_loss, history, out_dir / "loss.png", f"glove_numpy: The Time Machine, dim {args.embed_dim}")
     plot_pca(E, vocab, PCA_WORDS, out_dir / "embeddings_pca.png",
-             f"glove_numpy: W + W~ of chosen words, 2-D PCA (dim {args.dim})")
+             f"glove_numpy: W + W~ of chosen words, 2-D PCA (dim {args.embed_dim})")
     metrics = {"script": "glove_numpy", "vocab_size": V, "tokens": int(len(corpus)), "nonzeros": int(N),
                "initial_loss": initial_loss, "first_loss": history[0], "final_loss": history[-1],
                "sec_per_epoch": float(np.mean(secs)), "neighbours": neighbours, "analogies": analogies,

@@ -6,14 +6,13 @@ word vectors w_i, context vectors w~_j and two biases to the log of the co-occur
     J = sum_{ij: X_ij > 0} f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2
     f(x) = (x / x_max)^alpha if x < x_max else 1          (x_max = 100, alpha = 3/4)
 
-With 6,719 words X has 45 million cells, of which 5.7% are nonzero (window 10): it is kept sparse, as three
-flat arrays (i, j, x) of its nonzero entries (COO format), counted with NumPy without a Python loop
-over the word pairs: for every distance d = 1 .. window, the tokens at positions t and t + d form a
-pair worth 1/d if they lie in the same sentence (`cooccurrence`). Training reads those entries in
-shuffled minibatches; the loss is written out, autograd differentiates it (tests/test_glove.py checks
+With 6,719 words X has 45 million cells, few of them nonzero: it is kept sparse, as three flat arrays
+(i, j, x) of its nonzero entries (COO format), counted with NumPy without a Python loop over the word
+pairs: for every distance d = 1 .. window, the tokens at positions t and t + d form a pair worth 1/d
+if they lie in the same sentence (`cooccurrence`). Training reads those entries in shuffled
+minibatches; the loss is written out, autograd differentiates it (tests/test_glove.py checks
 glove_numpy.py's hand-written gradients of the same loss). Optimiser: torch.optim.Adagrad with the
-paper's learning rate 0.05 (--optimizer adam for comparison: see the measured notes).
-
+paper's learning rate 0.05 (--optimizer adam for comparison).
 As d2l's PTB word2vec: words seen fewer than 10 times become <unk> (PTB's own <unk> included), and
 <unk> tokens are dropped from the sentences before counting, so they neither get a vector nor
 separate the words around them. Sentences are never crossed by a window. The vectors are W + W~
@@ -25,26 +24,11 @@ https://d2l.ai/chapter_natural-language-processing-pretraining/glove.html, and 1
 and Analogy".
 Arc: NLP pretraining (word embeddings) -- GloVe in PyTorch on PTB (sparse co-occurrences, batched).
 
-Run:  python 05-rnns/glove_torch.py               (PTB, 100 dimensions, 30 epochs: about 2 minutes on a CPU)
-      python 05-rnns/glove_torch.py --probes chip,stock,june
+Run:  python 05-rnns/glove_torch.py               (PTB, 100 dimensions, 30 epochs: minutes on a CPU)
+      python 05-rnns/glove_torch.py --probes chip,stock,june --embed-dim 50 --device cuda
       python 05-rnns/glove_torch.py --smoke       (seconds: the first 3,000 sentences)
 Look first at `cooccurrence` (the whole count in a few array operations), then at `GloVe.loss`, then at
 the neighbours printed at the end and runs/glove_torch/embeddings_pca.png.
-
-Measured (defaults: window 10, dimension 100, batch 4,096, AdaGrad 0.05, 30 epochs, seed 0; one core
-of a CPU shared with other jobs): 2,561,647 nonzero X_ij (5.7% of 6,719^2), counted in 5-6 s (1.1 GB
-peak); J / N 0.133 before training, 0.0431 after epoch 1, 0.00757 after epoch 30; 3-4 s per epoch
-(626 batches; 2.9 s alone on the machine, 2 threads), 2 minutes in all. Nearest neighbours (cosine of W + W~):
-    chip: intel 0.59, microprocessor 0.57, blue 0.41, no. 0.39, second-largest 0.38
-    baby: boomers 0.73, aging 0.54, ruth 0.53, salesmen 0.50, minorities 0.46
-    beautiful: low-cost 0.47, library 0.47, unilever 0.46, oklahoma 0.45, distributor 0.44
-    intel: chip 0.59, motors 0.53, acceptance 0.48, exxon 0.48, amoco 0.47
-Analogies 4 of 7 right (buy : bought :: sell : sold; rise : rose :: fall : fell; he : his :: she : her;
-good : better :: bad : worse); japan : japanese :: germany : east (in 1989 news "germany" comes mostly
-as "east germany" or "west germany"). "beautiful" (13 occurrences) has no good neighbour: a million
-words of financial news say little about it. The PCA figure groups months, weekdays, numbers and countries.
-Adam, same 15 epochs: J / N 0.0130 (lr 1e-3) and 0.0131 (lr 1e-2) against AdaGrad's 0.0095, with
-no better neighbours: AdaGrad stays the default, as in the paper.
 """
 
 # %%
@@ -59,7 +43,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import Vocab, ptb, save_metrics, tokenize
+from data import DataError, Vocab, nonneg_int, positive_float, positive_int, ptb, save_metrics, tokenize
 
 PROBES = ("chip", "baby", "beautiful", "intel")
 # a : b :: c : ?   (the expected answer last; printed and counted, never asserted)
@@ -140,6 +124,17 @@ def full_loss(model, i, j, x, x_max=100.0, alpha=0.75, chunk=65536):
 
 
 # %%
+# device picker, as taught in 01-foundations/mlp_torch.py
+def pick_device(name):
+    """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if name == "auto":
+        name = next(d for d, ok in available.items() if ok)
+    if not available[name]:
+        raise ValueError(f"--device {name}: not available on this machine")
+    return torch.device(name)
+
+
 def check_words(vocab, words):
     """Raise a ValueError naming every word that has no vector (not in the vocabulary)."""
     missing = [w for w in words if w not in vocab.token_to_idx or vocab.token_to_idx[w] == vocab.unk]
@@ -230,52 +225,62 @@ def report_similarity(E, vocab, probes, k=5):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="passes over the nonzero X_ij (default 30; 3 with --smoke)")
-    p.add_argument("--dim", type=int, default=None, help="vector size (default 100; 32 with --smoke)")
-    p.add_argument("--window", type=int, default=10, help="words counted on each side (default 10, the paper's)")
-    p.add_argument("--min-freq", type=int, default=10, help="rarer words become <unk> and are dropped (default 10)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="passes over the nonzero X_ij (default 30; 3 with --smoke)")
+    p.add_argument("--embed-dim", type=positive_int, default=None, help="vector size (default 100; 32 with --smoke)")
+    p.add_argument("--window", type=positive_int, default=10,
+                   help="words counted on each side (default 10, the paper's)")
+    p.add_argument("--min-freq", type=positive_int, default=10,
+                   help="rarer words become <unk> and are dropped (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="nonzero entries per step (default 4096; 1024 with --smoke)")
     p.add_argument("--optimizer", default="adagrad", choices=["adagrad", "adam"], help="default adagrad (the paper's)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05 for AdaGrad, 1e-3 for Adam)")
-    p.add_argument("--x-max", type=float, default=100.0, help="where the weight f reaches 1 (default 100)")
-    p.add_argument("--alpha", type=float, default=0.75, help="exponent of f (default 0.75)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate (default 0.05 for AdaGrad, 1e-3 for Adam)")
+    p.add_argument("--x-max", type=positive_float, default=100.0, help="where the weight f reaches 1 (default 100)")
+    p.add_argument("--x-alpha", type=positive_float, default=0.75, help="exponent of f (default 0.75)")
     p.add_argument("--probes", default=",".join(PROBES), help=f"comma-separated words (default {','.join(PROBES)})")
-    p.add_argument("--sentences", type=int, default=None,
-                   help="train on the first n sentences (default all 42,068; 3,000 with --smoke)")
+    p.add_argument("--max-sentences", type=positive_int, default=None,
+                   help="count the first N training sentences (default all 42,068; 3,000 with --smoke)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
-    p.add_argument("--seed", type=int, default=0, help="seeds the initial vectors and the shuffling (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds the initial vectors and the shuffling (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with ptb.train.txt or ptb.zip (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/glove_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on the first 3,000 sentences")
     args = p.parse_args(argv)
-    args.epochs = args.epochs if args.epochs is not None else (3 if args.smoke else 30)
-    args.dim = args.dim if args.dim is not None else (32 if args.smoke else 100)
-    args.batch_size = args.batch_size if args.batch_size is not None else (1024 if args.smoke else 4096)
-    args.sentences = args.sentences if args.sentences is not None else (3000 if args.smoke else 0)
-    args.lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "adagrad" else 1e-3)
-    if min(args.epochs, args.dim, args.window, args.min_freq, args.batch_size) < 1 or args.sentences < 0:
-        p.error("--epochs, --dim, --window, --min-freq and --batch-size must be >= 1, --sentences >= 0")
-    if args.lr <= 0 or args.x_max <= 0 or args.alpha <= 0:
-        p.error("--lr, --x-max and --alpha must be positive")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        dev = pick_device(args.device)  # before the data: a device this machine lacks is an error at once
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.epochs is None:
+        args.epochs = 3 if args.smoke else 30
+    if args.embed_dim is None:
+        args.embed_dim = 32 if args.smoke else 100
+    if args.batch_size is None:
+        args.batch_size = 1024 if args.smoke else 4096
+    if args.max_sentences is None and args.smoke:
+        args.max_sentences = 3000
+    if args.lr is None:
+        args.lr = 0.05 if args.optimizer == "adagrad" else 1e-3
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
     # The vocabulary always comes from the whole training split, so a word has the same index in a
-    # smoke run; --sentences only limits what is counted.
-    lines = [tokenize(line, "word") for line in ptb("train", args.data_dir).splitlines()]
+    # smoke run; --max-sentences only limits what is counted.
+    try:
+        lines = [tokenize(line, "word") for line in ptb("train", args.data_dir).splitlines()]
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
     vocab = Vocab([t for line in lines for t in line], min_freq=args.min_freq)
     probes = [w.strip() for w in args.probes.split(",") if w.strip()]
     try:
         check_words(vocab, probes)
     except ValueError as exc:
         p.error(f"--probes: {exc}")
-    if args.sentences:
-        lines = lines[: args.sentences]
+    if args.max_sentences is not None:
+        lines = lines[: args.max_sentences]
     sentences = [s[s != vocab.unk] for s in map(vocab.encode, lines)]  # <unk> dropped
     V = len(vocab)
     t0 = time.perf_counter()
@@ -284,15 +289,14 @@ def main(argv=None) -> dict:
     N = len(x_np)
     print(f"glove_torch: PTB, {len(sentences):,} sentences, {sum(map(len, sentences)):,} words, vocabulary {V:,}, "
           f"window {args.window}: {N:,} nonzero X_ij ({N / V**2:.1%}), counted in {count_secs:.1f} s; "
-          f"dimension {args.dim}, {args.optimizer} lr {args.lr}, device {args.device}")
-    dev = torch.device(args.device)
+          f"dimension {args.embed_dim}, {args.optimizer} lr {args.lr}, device {dev}")
     i_all, j_all = torch.from_numpy(i_np).to(dev), torch.from_numpy(j_np).to(dev)
     x_all = torch.from_numpy(x_np).float().to(dev)
 
-    model = GloVe(V, args.dim).to(dev)
+    model = GloVe(V, args.embed_dim).to(dev)
     opt = (torch.optim.Adagrad(model.parameters(), lr=args.lr) if args.optimizer == "adagrad"
            else torch.optim.Adam(model.parameters(), lr=args.lr))
-    initial_loss = full_loss(model, i_all, j_all, x_all, args.x_max, args.alpha)
+    initial_loss = full_loss(model, i_all, j_all, x_all, args.x_max, args.x_alpha)
     print(f"initial loss {initial_loss:.5f}")
     history, secs = [], []
     for epoch in range(1, args.epochs + 1):
@@ -302,7 +306,7 @@ def main(argv=None) -> dict:
         for s in tqdm(range(0, N, args.batch_size), desc=f"epoch {epoch}", leave=False,
                       disable=not sys.stdout.isatty()):
             k = order[s : s + args.batch_size]
-            loss = model.loss(i_all[k], j_all[k], x_all[k], args.x_max, args.alpha)
+            loss = model.loss(i_all[k], j_all[k], x_all[k], args.x_max, args.x_alpha)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -313,15 +317,15 @@ def main(argv=None) -> dict:
 
     E = model.word_vectors()
     neighbours, analogies = report_similarity(E, vocab, probes)
-    plot_loss(initial_loss, history, out_dir / "loss.png", f"glove_torch: PTB, dim {args.dim}, {args.optimizer}")
+    plot_loss(initial_loss, history, out_dir / "loss.png", f"glove_torch: PTB, dim {args.embed_dim}, {args.optimizer}")
     plot_pca(E, vocab, PCA_WORDS, out_dir / "embeddings_pca.png",
-             f"glove_torch: W + W~ of chosen PTB words, 2-D PCA (dim {args.dim})")
+             f"glove_torch: W + W~ of chosen PTB words, 2-D PCA (dim {args.embed_dim})")
     metrics = {"script": "glove_torch", "vocab_size": V, "sentences": len(sentences), "nonzeros": int(N),
                "count_seconds": count_secs, "initial_loss": initial_loss, "first_loss": history[0],
                "final_loss": history[-1], "sec_per_epoch": float(np.mean(secs)), "neighbours": neighbours,
                "analogies": analogies,
                "analogies_right": sum(a["answer"] == a["expected"] for a in analogies),
-               "config": vars(args), "history": {"loss": history, "sec": secs}}
+               "device": str(dev), "config": vars(args), "history": {"loss": history, "sec": secs}}
     save_metrics(out_dir, metrics, __file__, argv)
     print(f"{np.mean(secs):.1f} s per epoch; analogies right {metrics['analogies_right']}/{len(analogies)}; "
           f"wrote {out_dir}/metrics.json, loss.png, embeddings_pca.png")

@@ -1,17 +1,27 @@
 """Gated recurrent units by hand in NumPy: the GRU cell, forward and backpropagation through time, 2 layers.
 
-The GRU (gated recurrent unit) keeps the LSTM's idea -- gates that let the state pass through
-unchanged -- with one state and two gates: the update gate z_t interpolates between the old state and a
-candidate, the reset gate r_t decides how much of the old state the candidate may read. Where
-z_t = 1 the state is copied, h_t = h_{t-1}, and so is its gradient. The script trains a 2-layer GRU
-and a 2-layer vanilla RNN on a task where that matters: read a symbol, then `--gap` random symbols
-of the same alphabet, then answer with the first one. Nothing is differentiated automatically; tests/test_rnn_numpy.py
-checks the BPTT gradients against torch's nn.GRU and nn.RNN in float64.
+The GRU keeps the LSTM's idea -- gates that let the state pass through unchanged -- with one state
+and two gates: the update gate z_t interpolates between the old state and a candidate, the reset gate
+r_t decides how much of the old state the candidate may read. Where z_t = 1 the state is copied,
+h_t = h_{t-1}, and so is its gradient. The script trains a 2-layer GRU and a 2-layer vanilla RNN on a
+task where that matters: read a symbol, then `--gap` random symbols of the same alphabet, then answer
+with the first one. tests/test_rnn_numpy.py checks every gradient against torch in float64.
+One layer, for x_t (B, D), h_{t-1} (B, H), gates stacked in torch's order r, z, n in W_xh (D, 3H),
+W_hh (H, 3H), b_xh (3H,), b_hh (3H,):
+
+    r_t = sigmoid(x_t W_xr + b_xr + h_{t-1} W_hr + b_hr)          reset gate
+    z_t = sigmoid(x_t W_xz + b_xz + h_{t-1} W_hz + b_hz)          update gate
+    n_t = tanh(x_t W_xn + b_xn + r_t * (h_{t-1} W_hn + b_hn))     candidate state
+    h_t = (1 - z_t) * n_t + z_t * h_{t-1}
+This is torch's nn.GRU variant: r_t multiplies (h_{t-1} W_hn + b_hn), after the matrix product (Cho
+et al. and d2l 10.2 write r_t * h_{t-1} inside it); so the product can be computed for all gates at
+once. Layer l > 1 reads the outputs h_t of layer l - 1 (d2l 10.3); the head reads the top layer's
+last h_T: logits = h_T W_hy + b_y, mean cross-entropy. The update-gate bias starts at +2 (`init_layers`).
 
 Reading: K. Cho et al., "Learning Phrase Representations using RNN Encoder-Decoder for Statistical
 Machine Translation" (2014), https://arxiv.org/abs/1406.1078; J. Chung et al., "Empirical Evaluation
 of Gated Recurrent Neural Networks on Sequence Modeling" (2014), https://arxiv.org/abs/1412.3555;
-d2l chapter 10.2 "Gated Recurrent Units (GRU)", https://d2l.ai/chapter_recurrent-modern/gru.html.
+d2l 10.2 "Gated Recurrent Units (GRU)", https://d2l.ai/chapter_recurrent-modern/gru.html.
 Arc: Modern recurrent neural networks -- implement GRU (Cho et al. 2014), in NumPy.
 
 Run:  python 05-rnns/gru_numpy.py              (GRU and RNN, gap 35, about a minute on a CPU)
@@ -19,30 +29,11 @@ Run:  python 05-rnns/gru_numpy.py              (GRU and RNN, gap 35, about a min
       python 05-rnns/gru_numpy.py --smoke      (seconds: short gap, narrow nets)
 Look first at `gru_layer_backward`: dh_{t-1} = dh * z + ..., the direct path the update gate opens;
 then at runs/gru_numpy/learning_curves.png.
-
-One GRU layer, for x_t (B, D) and h_{t-1} (B, H), with the gates stacked in torch's order r, z, n
-in W_xh (D, 3H), W_hh (H, 3H), b_xh (3H,), b_hh (3H,):
-
-    r_t = sigmoid(x_t W_xr + b_xr + h_{t-1} W_hr + b_hr)          reset gate
-    z_t = sigmoid(x_t W_xz + b_xz + h_{t-1} W_hz + b_hz)          update gate
-    n_t = tanh(x_t W_xn + b_xn + r_t * (h_{t-1} W_hn + b_hn))     candidate state
-    h_t = (1 - z_t) * n_t + z_t * h_{t-1}
-
-This is torch's nn.GRU variant: r_t multiplies (h_{t-1} W_hn + b_hn), after the matrix product (Cho
-et al. write r_t * h_{t-1} inside it; d2l 10.2 does too). The two differ only in where b_hn sits and
-in whether the product can be computed for all gates at once; this one can, and the tests compare it
-with nn.GRU. Layer l > 1 reads the outputs h_t of layer l - 1 as its x_t (a deep RNN, d2l 10.3).
-
-Measured (defaults: seed 0, 2 layers x 64 units, Adam 3e-3, clip 1, batch 64, 15 epochs of 50
-batches, gap 35, 4 symbols, chance 0.25; accuracy on 1,000 held-out sequences): the GRU reaches 0.63
-in epoch 3, 0.985 in epoch 4 and 1.000 from epoch 6 (final loss 1.7e-4); the vanilla RNN, on the
-same batches, stays between 0.22 and 0.27 for all 15 epochs. 27-41 s for the GRU, 5-9 s for the RNN
-on a CPU shared with other jobs. The update-gate bias matters (see `init_layers`): starting from torch's
-default the GRU too stayed at chance for 15 epochs. runs/gru_numpy/learning_curves.png shows the run.
 """
 
 # %%
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -51,7 +42,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import save_metrics
+from data import nonneg_float, nonneg_int, positive_float, positive_int, save_metrics
 
 # %% [markdown]
 # ## The cells: each layer's forward beside its backward through time
@@ -183,9 +174,8 @@ def init_layers(rng, input_size, hidden_size, num_layers, cell="gru", update_bia
 
     The update gate plays the LSTM forget gate's part: z_t = sigmoid(2) = 0.88 at the start keeps 88%
     of the state per step, so what was written 35 steps ago is still there, and so is its gradient
-    (0.88^35 = 1%, against 0.5^35 = 3e-11 with torch's default, z_t near 0.5). From torch's default
-    the GRU stayed at chance for all 15 epochs of the default run (measured, seed 0); with +1 it
-    reached only 0.34.
+    (0.88^35 = 1%, against 0.5^35 = 3e-11 with torch's default, z_t near 0.5): from torch's default
+    the gradient from the first symbol all but vanishes over the default gap of 35.
     """
     if input_size < 1 or hidden_size < 1 or num_layers < 1:
         raise ValueError("input_size, hidden_size and num_layers must be >= 1, "
@@ -274,6 +264,7 @@ def flat(tree):
     return out | {k: v for k, v in tree.items() if k != "layers"}
 
 
+# clipping by global norm, as taught in 05-rnns/rnn_numpy.py
 def clip_grad_norm(grads, max_norm):
     """Scale every gradient by max_norm / ||g|| if the global norm ||g|| = sqrt(sum of all g^2) exceeds
     max_norm (in place, as torch.nn.utils.clip_grad_norm_, with its 1e-6). Returns ||g|| before clipping.
@@ -288,6 +279,7 @@ def clip_grad_norm(grads, max_norm):
     return norm
 
 
+# Adam, as taught in 02-optimization/adam_numpy.py
 def adam_step(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
     """One Adam step in place on flat dicts: m, v leaky means of g, g^2; theta -= lr m_hat / (sqrt(v_hat) + eps)."""
     b1, b2 = betas
@@ -318,20 +310,21 @@ def make_batch(rng, batch_size, gap, n_symbols):
 
 
 def train(cell, args, rng_init, data_rng, x_val, y_val):
-    """Adam on fresh batches; after every epoch (`--steps` batches) the accuracy on the held-out set."""
+    """Adam on fresh batches; after every epoch (`--steps-per-epoch` batches) the accuracy on the held-out set."""
     K = args.symbols
-    params = {"layers": init_layers(rng_init, x_val.shape[2], args.hidden, args.layers, cell)}
-    params["W_hy"] = (rng_init.standard_normal((args.hidden, K)) / np.sqrt(args.hidden)).astype(np.float32)
+    params = {"layers": init_layers(rng_init, x_val.shape[2], args.hidden_size, args.layers, cell)}
+    params["W_hy"] = (rng_init.standard_normal((args.hidden_size, K)) / np.sqrt(args.hidden_size)).astype(np.float32)
     params["b_y"] = np.zeros(K, np.float32)
     p_flat, opt = flat(params), {}
     hist = {"train_loss": [], "val_acc": [], "grad_norm": []}
     for epoch in range(1, args.epochs + 1):
         losses, norms = [], []
-        for _ in tqdm(range(args.steps), desc=f"{cell} epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
+        for _ in tqdm(range(args.steps_per_epoch), desc=f"{cell} epoch {epoch}", leave=False,
+                      disable=not sys.stdout.isatty()):
             x, y = make_batch(data_rng, args.batch_size, args.gap, K)
             loss, grads, _ = loss_and_grads(params, x, y, cell)
             g_flat = flat(grads)
-            norms.append(clip_grad_norm(g_flat, args.clip))
+            norms.append(clip_grad_norm(g_flat, args.clip or math.inf))  # --clip 0: never clipped
             adam_step(p_flat, g_flat, opt, args.lr)
             losses.append(loss)
         _, _, logits = loss_and_grads(params, x_val, y_val, cell)
@@ -353,13 +346,14 @@ def plot_curves(hists, args, path):
         ax2.plot(epochs, hist["val_acc"], "o-", ms=3, label=cell.upper())
     ax1.axhline(np.log(args.symbols), color="gray", ls="--", label=f"chance: log {args.symbols}")
     ax2.axhline(1 / args.symbols, color="gray", ls="--", label="chance")
-    ax1.set(xlabel=f"epoch ({args.steps} batches of {args.batch_size})", ylabel="cross-entropy", title="training loss")
+    ax1.set(xlabel=f"epoch ({args.steps_per_epoch} batches of {args.batch_size})", ylabel="cross-entropy",
+            title="training loss")
     ax2.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.05), title="held-out accuracy (1,000 sequences)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"gru_numpy: recall the first of {args.gap + 1} symbols, "
-                 f"{args.layers} layers x {args.hidden} units")
+                 f"{args.layers} layers x {args.hidden_size} units")
     fig.savefig(path, dpi=120)
 
 
@@ -370,35 +364,36 @@ def plot_curves(hists, args, path):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--gap", type=int, default=None,
+    p.add_argument("--gap", type=positive_int, default=None,
                    help="random symbols between the first one and the answer (default 35; 5 with --smoke)")
-    p.add_argument("--symbols", type=int, default=4, help="symbols to remember (default 4: chance 0.25)")
-    p.add_argument("--hidden", type=int, default=None, help="units per layer (default 64; 16 with --smoke)")
-    p.add_argument("--layers", type=int, default=2, help="stacked layers (default 2)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 15; 4 with --smoke)")
-    p.add_argument("--steps", type=int, default=None, help="batches per epoch (default 50; 40 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per batch (default 64)")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    p.add_argument("--clip", type=float, default=1.0, help="max global gradient norm (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and batches (default 0)")
+    p.add_argument("--symbols", type=positive_int, default=4, help="symbols to remember, >= 2 (default 4: chance 0.25)")
+    p.add_argument("--hidden-size", type=positive_int, default=None,
+                   help="units per layer (default 64; 16 with --smoke)")
+    p.add_argument("--layers", type=positive_int, default=2, help="stacked layers (default 2)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 15; 4 with --smoke)")
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                   help="batches per epoch (default 50; 40 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="sequences per batch (default 64)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--clip", type=nonneg_float, default=1.0,
+                   help="max global gradient norm, 0: no clipping (default 1.0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and batches (default 0)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/gru_numpy)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run: short gap, narrow nets")
     args = p.parse_args(argv)
-    defaults = dict(gap=5, hidden=16, epochs=4, steps=40) if args.smoke else \
-        dict(gap=35, hidden=64, epochs=15, steps=50)
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if min(args.gap, args.hidden, args.layers, args.epochs, args.steps, args.batch_size) < 1 or args.symbols < 2:
-        p.error("--gap, --hidden, --layers, --epochs, --steps, --batch-size must be >= 1 and --symbols >= 2")
-    if args.lr <= 0 or args.clip <= 0:
-        p.error("--lr and --clip must be positive")
+    defaults = dict(gap=5, hidden_size=16, epochs=4, steps_per_epoch=40) if args.smoke else \
+        dict(gap=35, hidden_size=64, epochs=15, steps_per_epoch=50)
+    for flag, value in defaults.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    if args.symbols < 2:
+        p.error("--symbols must be at least 2")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     x_val, y_val = make_batch(np.random.default_rng([args.seed, 2]), 1000, args.gap, args.symbols)
     print(f"gru_numpy: recall 1 of {args.symbols} symbols after {args.gap} distractors, "
-          f"{args.layers} x {args.hidden} units, GRU vs RNN")
+          f"{args.layers} x {args.hidden_size} units, GRU vs RNN")
     hists, secs = {}, {}
     for cell in ("gru", "rnn"):  # the same initial-weight stream and the same batches for both
         t0 = time.perf_counter()

@@ -1,17 +1,27 @@
 """Long short-term memory by hand in NumPy: the LSTM cell, forward and backpropagation through time, 2 layers.
 
 The LSTM adds a memory cell c_t to the recurrent network: gates decide what is forgotten, what is
-written, and what is read out. Because c_t is updated by addition (c_t = f_t * c_{t-1} + ...)
-rather than squashed through a weight matrix and a tanh at every step, the gradient can flow back
-over many steps without vanishing (the "constant error carousel"). The script trains a 2-layer LSTM
-and a 2-layer vanilla RNN on a task where that matters: read a symbol, then `--gap` more random
-symbols of the same alphabet, then answer with the first symbol. Nothing is differentiated
-automatically; tests/test_rnn_numpy.py checks the BPTT gradients against torch's nn.LSTM and nn.RNN
-in float64.
+written and what is read out. Because c_t is updated by addition rather than squashed through a
+weight matrix and a tanh at every step, the gradient can flow back over many steps without vanishing
+(the "constant error carousel"). The script trains a 2-layer LSTM and a 2-layer vanilla RNN on a task
+where that matters: read a symbol, then `--gap` more random symbols of the same alphabet, then answer
+with the first symbol. tests/test_rnn_numpy.py checks every gradient against torch in float64.
+One layer, for x_t (B, D), state h_{t-1}, c_{t-1} (B, H), the gates stacked in torch's order i, f, g, o
+in W_xh (D, 4H), W_hh (H, 4H), b_h (4H,) (torch's two biases b_ih + b_hh are one b_h here):
+
+    a_t = x_t W_xh + h_{t-1} W_hh + b_h                 (B, 4H) = [a_i | a_f | a_g | a_o]
+    i_t = sigmoid(a_i)   input gate: how much of the candidate to write
+    f_t = sigmoid(a_f)   forget gate: how much of the old cell to keep
+    g_t = tanh(a_g)      the candidate values
+    o_t = sigmoid(a_o)   output gate: how much of the cell to show
+    c_t = f_t * c_{t-1} + i_t * g_t                     (B, H) the memory cell
+    h_t = o_t * tanh(c_t)                               (B, H) the output and hidden state
+Layer l > 1 reads the outputs h_t of layer l - 1 as its x_t (a deep RNN, d2l 10.3); the head reads
+the top layer's last h_T: logits = h_T W_hy + b_y, mean cross-entropy over the batch.
 
 Reading: S. Hochreiter and J. Schmidhuber, "Long Short-Term Memory" (1997),
 https://www.bioinf.jku.at/publications/older/2604.pdf; F. Gers, J. Schmidhuber and F. Cummins,
-"Learning to Forget" (2000) (the forget gate); d2l chapter 10.1 "Long Short-Term Memory",
+"Learning to Forget" (2000) (the forget gate); d2l 10.1 "Long Short-Term Memory",
 https://d2l.ai/chapter_recurrent-modern/lstm.html; R. Jozefowicz et al., "An Empirical Exploration of
 Recurrent Network Architectures" (2015) (forget-gate bias 1); C. Olah, "Understanding LSTM Networks"
 (2015), https://colah.github.io/posts/2015-08-Understanding-LSTMs/.
@@ -21,33 +31,13 @@ Run:  python 05-rnns/lstm_numpy.py              (LSTM and RNN, gap 35, about a m
       python 05-rnns/lstm_numpy.py --gap 20     (a shorter gap: the RNN copes too)
       python 05-rnns/lstm_numpy.py --smoke      (seconds: short gap, narrow nets)
 Look first at `lstm_layer_backward`: the loop runs backwards in time and only carries dh and dc;
-every weight gradient is one matrix product after the loop. Then at runs/lstm_numpy/learning_curves.png.
-
-One LSTM layer, for x_t (B, D), state h_{t-1}, c_{t-1} (B, H) and the gates stacked in torch's
-order i, f, g, o in W_xh (D, 4H), W_hh (H, 4H), b_h (4H,):
-
-    a_t = x_t W_xh + h_{t-1} W_hh + b_h                 (B, 4H) = [a_i | a_f | a_g | a_o]
-    i_t = sigmoid(a_i)   input gate: how much of the candidate to write
-    f_t = sigmoid(a_f)   forget gate: how much of the old cell to keep
-    g_t = tanh(a_g)      the candidate values
-    o_t = sigmoid(a_o)   output gate: how much of the cell to show
-    c_t = f_t * c_{t-1} + i_t * g_t                     (B, H) the memory cell
-    h_t = o_t * tanh(c_t)                               (B, H) the output and hidden state
-
-(torch's nn.LSTM has two biases, b_ih + b_hh; one b_h is the same model.) Layer l > 1 reads the
-outputs h_t of layer l - 1 as its x_t (a deep RNN, d2l 10.3).
-
-Measured (defaults: seed 0, 2 layers x 64 units, Adam 3e-3, clip 1, batch 64, 15 epochs of 50
-batches, gap 35, 4 symbols, chance 0.25; accuracy on 1,000 held-out sequences): the LSTM sits at
-chance for 5 epochs, then jumps to 0.998 in epoch 7 and 1.000 from epoch 8 (final loss 1.5e-4); the
-vanilla RNN stays between 0.22 and 0.27 for all 15 epochs (final loss 1.387 = log 4: it learned
-nothing). 37-44 s for the LSTM, 6 s for the RNN on a CPU shared with other jobs. With the same settings
-at --gap 20 both learn (LSTM 1.00 by epoch 3, RNN by epoch 4); at --gap 50 neither left chance
-within 10 epochs. runs/lstm_numpy/learning_curves.png shows the default run.
+every weight gradient is one matrix product after the loop. Then at runs/lstm_numpy/learning_curves.png:
+the RNN stays at chance at the default gap, while the LSTM learns to remember.
 """
 
 # %%
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -56,7 +46,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import save_metrics
+from data import nonneg_float, nonneg_int, positive_float, positive_int, save_metrics
 
 # %% [markdown]
 # ## The cells: each layer's forward beside its backward through time
@@ -273,6 +263,7 @@ def flat(tree):
     return out | {k: v for k, v in tree.items() if k != "layers"}
 
 
+# clipping by global norm, as taught in 05-rnns/rnn_numpy.py
 def clip_grad_norm(grads, max_norm):
     """Scale every gradient by max_norm / ||g|| if the global norm ||g|| = sqrt(sum of all g^2) exceeds
     max_norm (in place, as torch.nn.utils.clip_grad_norm_, with its 1e-6). Returns ||g|| before clipping.
@@ -287,6 +278,7 @@ def clip_grad_norm(grads, max_norm):
     return norm
 
 
+# Adam, as taught in 02-optimization/adam_numpy.py
 def adam_step(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
     """One Adam step in place on flat dicts: m, v leaky means of g, g^2; theta -= lr m_hat / (sqrt(v_hat) + eps)."""
     b1, b2 = betas
@@ -317,20 +309,21 @@ def make_batch(rng, batch_size, gap, n_symbols):
 
 
 def train(cell, args, rng_init, data_rng, x_val, y_val):
-    """Adam on fresh batches; after every epoch (`--steps` batches) the accuracy on the held-out set."""
+    """Adam on fresh batches; after every epoch (`--steps-per-epoch` batches) the accuracy on the held-out set."""
     K = args.symbols
-    params = {"layers": init_layers(rng_init, x_val.shape[2], args.hidden, args.layers, cell)}
-    params["W_hy"] = (rng_init.standard_normal((args.hidden, K)) / np.sqrt(args.hidden)).astype(np.float32)
+    params = {"layers": init_layers(rng_init, x_val.shape[2], args.hidden_size, args.layers, cell)}
+    params["W_hy"] = (rng_init.standard_normal((args.hidden_size, K)) / np.sqrt(args.hidden_size)).astype(np.float32)
     params["b_y"] = np.zeros(K, np.float32)
     p_flat, opt = flat(params), {}
     hist = {"train_loss": [], "val_acc": [], "grad_norm": []}
     for epoch in range(1, args.epochs + 1):
         losses, norms = [], []
-        for _ in tqdm(range(args.steps), desc=f"{cell} epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
+        for _ in tqdm(range(args.steps_per_epoch), desc=f"{cell} epoch {epoch}", leave=False,
+                      disable=not sys.stdout.isatty()):
             x, y = make_batch(data_rng, args.batch_size, args.gap, K)
             loss, grads, _ = loss_and_grads(params, x, y, cell)
             g_flat = flat(grads)
-            norms.append(clip_grad_norm(g_flat, args.clip))
+            norms.append(clip_grad_norm(g_flat, args.clip or math.inf))  # --clip 0: never clipped
             adam_step(p_flat, g_flat, opt, args.lr)
             losses.append(loss)
         _, _, logits = loss_and_grads(params, x_val, y_val, cell)
@@ -352,13 +345,14 @@ def plot_curves(hists, args, path):
         ax2.plot(epochs, hist["val_acc"], "o-", ms=3, label=cell.upper())
     ax1.axhline(np.log(args.symbols), color="gray", ls="--", label=f"chance: log {args.symbols}")
     ax2.axhline(1 / args.symbols, color="gray", ls="--", label="chance")
-    ax1.set(xlabel=f"epoch ({args.steps} batches of {args.batch_size})", ylabel="cross-entropy", title="training loss")
+    ax1.set(xlabel=f"epoch ({args.steps_per_epoch} batches of {args.batch_size})", ylabel="cross-entropy",
+            title="training loss")
     ax2.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.05), title="held-out accuracy (1,000 sequences)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"lstm_numpy: recall the first of {args.gap + 1} symbols, "
-                 f"{args.layers} layers x {args.hidden} units")
+                 f"{args.layers} layers x {args.hidden_size} units")
     fig.savefig(path, dpi=120)
 
 
@@ -369,35 +363,36 @@ def plot_curves(hists, args, path):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--gap", type=int, default=None,
+    p.add_argument("--gap", type=positive_int, default=None,
                    help="random symbols between the first one and the answer (default 35; 5 with --smoke)")
-    p.add_argument("--symbols", type=int, default=4, help="symbols to remember (default 4: chance 0.25)")
-    p.add_argument("--hidden", type=int, default=None, help="units per layer (default 64; 16 with --smoke)")
-    p.add_argument("--layers", type=int, default=2, help="stacked layers (default 2)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 15; 4 with --smoke)")
-    p.add_argument("--steps", type=int, default=None, help="batches per epoch (default 50; 40 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per batch (default 64)")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    p.add_argument("--clip", type=float, default=1.0, help="max global gradient norm (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and batches (default 0)")
+    p.add_argument("--symbols", type=positive_int, default=4, help="symbols to remember, >= 2 (default 4: chance 0.25)")
+    p.add_argument("--hidden-size", type=positive_int, default=None,
+                   help="units per layer (default 64; 16 with --smoke)")
+    p.add_argument("--layers", type=positive_int, default=2, help="stacked layers (default 2)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 15; 4 with --smoke)")
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                   help="batches per epoch (default 50; 40 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="sequences per batch (default 64)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--clip", type=nonneg_float, default=1.0,
+                   help="max global gradient norm, 0: no clipping (default 1.0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and batches (default 0)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/lstm_numpy)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run: short gap, narrow nets")
     args = p.parse_args(argv)
-    defaults = dict(gap=5, hidden=16, epochs=4, steps=40) if args.smoke else \
-        dict(gap=35, hidden=64, epochs=15, steps=50)
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if min(args.gap, args.hidden, args.layers, args.epochs, args.steps, args.batch_size) < 1 or args.symbols < 2:
-        p.error("--gap, --hidden, --layers, --epochs, --steps, --batch-size must be >= 1 and --symbols >= 2")
-    if args.lr <= 0 or args.clip <= 0:
-        p.error("--lr and --clip must be positive")
+    defaults = dict(gap=5, hidden_size=16, epochs=4, steps_per_epoch=40) if args.smoke else \
+        dict(gap=35, hidden_size=64, epochs=15, steps_per_epoch=50)
+    for flag, value in defaults.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    if args.symbols < 2:
+        p.error("--symbols must be at least 2")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     x_val, y_val = make_batch(np.random.default_rng([args.seed, 2]), 1000, args.gap, args.symbols)
     print(f"lstm_numpy: recall 1 of {args.symbols} symbols after {args.gap} distractors, "
-          f"{args.layers} x {args.hidden} units, LSTM vs RNN")
+          f"{args.layers} x {args.hidden_size} units, LSTM vs RNN")
     hists, secs = {}, {}
     for cell in ("lstm", "rnn"):  # the same initial-weight stream and the same batches for both
         t0 = time.perf_counter()

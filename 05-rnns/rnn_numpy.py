@@ -1,58 +1,40 @@
 """A recurrent neural network by hand in NumPy: forward over time, backpropagation through time, a character model.
 
-The vanilla (Elman) RNN reads a sequence one step at a time and carries a hidden state h_t from
-step to step; the same weights are used at every step. Training unrolls it over T steps and runs
-the chain rule backwards through the unrolled graph: backpropagation through time (BPTT), written
-out here step by step. A 2-layer RNN learns a character-level language model of a short text kept
-in this file, with truncated BPTT, gradient clipping by global norm and Adam, then writes new text.
-Nothing is differentiated automatically; tests/test_rnn_numpy.py checks the gradients against
-torch's nn.RNN in float64.
+The vanilla (Elman) RNN reads a sequence one step at a time and carries a hidden state h_t; the same
+weights serve every step. Training unrolls it over T steps and runs the chain rule backwards through
+the unrolled graph (BPTT), written out here step by step. A 2-layer RNN learns a character model of a
+short text kept in this file (truncated BPTT, clipping by global norm, Adam), then writes new text.
+One layer, for x_t (B, D), h_{t-1} (B, H), W_xh (D, H), W_hh (H, H), b_h (H,); layer l > 1 reads the
+outputs of layer l - 1 as its x_t (a deep RNN, d2l 10.3); on top, a linear layer and the softmax:
 
-Reading: d2l chapter 9 "Recurrent Neural Networks", https://d2l.ai/chapter_recurrent-neural-networks/
-(9.4 RNNs, 9.5 from scratch, 9.7 backpropagation through time); J. Elman, "Finding Structure in
-Time" (1990); R. Pascanu, T. Mikolov and Y. Bengio, "On the difficulty of training recurrent neural
-networks" (2013), https://arxiv.org/abs/1211.5063 (gradient clipping); A. Karpathy, "The Unreasonable
-Effectiveness of Recurrent Neural Networks" (2015), https://karpathy.github.io/2015/05/21/rnn-effectiveness/;
-CS224n notes on language models and RNNs, https://web.stanford.edu/class/cs224n/.
+    h_t = tanh(a_t),  a_t = x_t W_xh + h_{t-1} W_hh + b_h           (B, H), t = 1..T, h_0 given
+    logits_t = h_t W_hy + b_y                                        (B, V): the next character's scores
+    L = -(1 / (T B)) sum_{t, b} log softmax(logits_t)[b, y_t]        perplexity = exp(L)
+BPTT, backwards from t = T with dh_next = 0 (truncated: the segment's end stops the gradient):
+    dh_t = dL/dh_t (from above) + dh_next,   da_t = dh_t * (1 - h_t^2),   dh_next <- da_t W_hh^T
+    dW_xh = sum_t x_t^T da_t,  dW_hh = sum_t h_{t-1}^T da_t,  db_h = sum_t da_t,  dx_t = da_t W_xh^T
+The product of T factors diag(1 - h_t^2) W_hh^T makes far gradients vanish or explode; clipping the
+global norm, g <- g * min(1, c / ||g||), tames the explosions (lstm_numpy.py and gru_numpy.py the
+vanishing). With one page of text to learn from, the net memorises it: the validation curve turns
+up while the training curve falls (rnn_torch.py trains on a million characters).
+
+Reading: d2l 9.4-9.7 "Recurrent Neural Networks", https://d2l.ai/chapter_recurrent-neural-networks/;
+J. Elman, "Finding Structure in Time" (1990); R. Pascanu, T. Mikolov and Y. Bengio, "On the difficulty
+of training recurrent neural networks" (2013), https://arxiv.org/abs/1211.5063 (gradient clipping);
+A. Karpathy, "The Unreasonable Effectiveness of Recurrent Neural Networks" (2015),
+https://karpathy.github.io/2015/05/21/rnn-effectiveness/; CS224n notes on language models and RNNs.
 Arc: Recurrent neural networks -- implement a recurrent neural network with backpropagation through time by hand.
 
-Run:  python 05-rnns/rnn_numpy.py              (2 x 64 units, seconds on a CPU)
-      python 05-rnns/rnn_numpy.py --smoke      (seconds: narrow net, 10 short epochs)
-Look first at `rnn_layer_backward`, the BPTT loop, then at the sampled text the run prints, and at
-runs/rnn_numpy/perplexity.png.
-
-One layer, for x_t (B, D) and h_{t-1} (B, H), weights W_xh (D, H), W_hh (H, H), b_h (H,):
-
-    h_t = tanh(x_t W_xh + h_{t-1} W_hh + b_h)          (B, H), t = 1..T, h_0 given
-Layer l > 1 reads the outputs of layer l - 1 as its x_t (a deep RNN, d2l 10.3); on top,
-    logits_t = h_t W_hy + b_y                          (B, V): the next character's scores
-    L = -(1 / (T B)) sum_{t, b} log softmax(logits_t)[b, y_t]     perplexity = exp(L)
-
-BPTT. With a_t = x_t W_xh + h_{t-1} W_hh + b_h, h_t influences the loss twice: through its own
-output (dL/dh_t from above) and through h_{t+1}. Backwards from t = T, starting with dh_{T} from the
-next segment (0 here: truncated BPTT stops at the segment's end):
-
-    dh_t  = dL/dh_t (from above) + dh_next             dh_next = dL/dh_t through h_{t+1}
-    da_t  = dh_t * (1 - h_t^2)                          tanh' = 1 - tanh^2
-    dh_next <- da_t W_hh^T                              passed on to step t - 1
-    dW_xh = sum_t x_t^T da_t,  dW_hh = sum_t h_{t-1}^T da_t,  db_h = sum_t da_t,  dx_t = da_t W_xh^T
-
-The product of T factors diag(1 - h_t^2) W_hh^T makes the gradient from far steps vanish or
-explode; clipping the global norm tames the explosions (lstm_numpy.py and gru_numpy.py address the
-vanishing).
-
-Measured (defaults: seed 0, 2 layers x 64 units, 29 characters, Adam 3e-3, clip 1, 4 rows x 25
-steps, 40 epochs over the first 90% of the text, about a second in all): the training perplexity
-falls from 29 (a uniform guess) to 1.38, and the sample recites the text's phrases ("the river was
-wide and the boats ...") with misspellings in between. The validation perplexity, on the last 10%,
-is lowest at epoch 5 (16.9) and then climbs to 65: with 1,170 characters to learn from, the network
-memorises its text instead of learning English. That gap between the two curves
-(runs/rnn_numpy/perplexity.png) is overfitting; rnn_torch.py, on a million characters of Tiny
-Shakespeare, is where a character model generalises.
+Run:  python 05-rnns/rnn_numpy.py                                  (2 x 64 units, seconds on a CPU)
+      python 05-rnns/rnn_numpy.py --hidden-size 128 --seq-len 50
+      python 05-rnns/rnn_numpy.py --smoke
+Look first at `rnn_layer_backward` (the BPTT loop), then `lm_loss_and_grads` (the head and its
+softmax gradient), then at the sampled text and runs/rnn_numpy/perplexity.png.
 """
 
 # %%
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -62,7 +44,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 from tqdm import tqdm
 
-from data import save_metrics
+from data import nonneg_float, nonneg_int, positive_float, positive_int, save_metrics
 
 # A short text to model (written for this script). Small enough to learn in minutes on a CPU;
 # rnn_torch.py trains the same kind of model on Tiny Shakespeare and The Time Machine.
@@ -224,6 +206,7 @@ def clip_grad_norm(grads, max_norm):
     return norm
 
 
+# Adam, as taught in 02-optimization/adam_numpy.py
 def adam_step(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
     """One Adam step in place on flat dicts: m, v leaky means of g, g^2; theta -= lr m_hat / (sqrt(v_hat) + eps)."""
     b1, b2 = betas
@@ -241,7 +224,7 @@ def adam_step(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
 
 
 # %%
-def sequential_segments(corpus, batch_size, num_steps):
+def sequential_segments(corpus, batch_size, seq_len):
     """Cut the corpus into batch_size rows laid side by side; segment i is columns [i T, (i+1) T).
 
     Row b of segment i + 1 continues row b of segment i, so the hidden state h_T of one segment is
@@ -250,14 +233,14 @@ def sequential_segments(corpus, batch_size, num_steps):
     n = (len(corpus) - 1) // batch_size
     X = np.asarray(corpus[: n * batch_size]).reshape(batch_size, n)
     Y = np.asarray(corpus[1 : n * batch_size + 1]).reshape(batch_size, n)
-    for i in range(0, n - num_steps + 1, num_steps):
-        yield X[:, i : i + num_steps], Y[:, i : i + num_steps]
+    for i in range(0, n - seq_len + 1, seq_len):
+        yield X[:, i : i + seq_len], Y[:, i : i + seq_len]
 
 
-def evaluate(params, corpus, batch_size, num_steps):
+def evaluate(params, corpus, batch_size, seq_len):
     """Perplexity exp(mean cross-entropy) over the corpus, reading it in order with the state carried."""
     h, total, count = None, 0.0, 0
-    for X, Y in sequential_segments(corpus, batch_size, num_steps):
+    for X, Y in sequential_segments(corpus, batch_size, seq_len):
         h = np.zeros((len(params["layers"]), len(X), params["W_hy"].shape[0]), np.float32) if h is None else h
         loss, _, h = lm_loss_and_grads(params, X, Y, h)  # (gradients unused: a forward would do; kept simple)
         total, count = total + loss * X.size, count + X.size
@@ -310,57 +293,58 @@ def plot_perplexity(hist, V, path):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hidden", type=int, default=None, help="units per layer (default 64; 32 with --smoke)")
-    p.add_argument("--layers", type=int, default=2, help="stacked RNN layers (default 2)")
-    p.add_argument("--epochs", type=int, default=None, help="passes over the text (default 40; 10 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=4, help="parallel rows of the text (default 4)")
-    p.add_argument("--num-steps", type=int, default=25, help="BPTT length T of a segment (default 25)")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    p.add_argument("--clip", type=float, default=1.0, help="max global gradient norm (default 1.0)")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and sampling (default 0)")
+    p.add_argument("--hidden-size", type=positive_int, default=None,
+                   help="units per layer (default 64; 32 with --smoke)")
+    p.add_argument("--layers", type=positive_int, default=2, help="stacked RNN layers (default 2)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="passes over the text (default 40; 10 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="parallel rows of the text (default 4)")
+    p.add_argument("--seq-len", type=positive_int, default=25, help="BPTT length T of a segment (default 25)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--clip", type=nonneg_float, default=1.0,
+                   help="max global gradient norm, 0: no clipping (default 1.0)")
+    p.add_argument("--temperature", type=positive_float, default=0.8, help="sampling temperature (default 0.8)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and sampling (default 0)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/rnn_numpy)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run: narrow net, 10 epochs")
     args = p.parse_args(argv)
-    defaults = dict(hidden=32, epochs=10) if args.smoke else dict(hidden=64, epochs=40)
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if min(args.hidden, args.layers, args.epochs, args.batch_size, args.num_steps) < 1:
-        p.error("--hidden, --layers, --epochs, --batch-size and --num-steps must be >= 1")
-    if args.lr <= 0 or args.clip <= 0 or args.temperature <= 0:
-        p.error("--lr, --clip and --temperature must be positive")
-    out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
+    if args.hidden_size is None:
+        args.hidden_size = 32 if args.smoke else 64
+    if args.epochs is None:
+        args.epochs = 10 if args.smoke else 40
     chars = sorted(set(TEXT))
     corpus = np.array([chars.index(c) for c in TEXT])
     split = int(0.9 * len(corpus))
     train, val = corpus[:split], corpus[split:]
+    if (len(train) - args.seq_len) // args.batch_size < args.seq_len or len(val) <= args.seq_len:
+        p.error(f"--batch-size {args.batch_size} x --seq-len {args.seq_len}: the text ({len(train)} training, "
+                f"{len(val)} validation characters) is too short for one segment")
+    out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
+    out_dir.mkdir(parents=True, exist_ok=True)
     V, rng = len(chars), np.random.default_rng(args.seed)
-    params = {"layers": init_layers(rng, V, args.hidden, args.layers)}
-    params["W_hy"] = (rng.standard_normal((args.hidden, V)) / np.sqrt(args.hidden)).astype(np.float32)
+    params = {"layers": init_layers(rng, V, args.hidden_size, args.layers)}
+    params["W_hy"] = (rng.standard_normal((args.hidden_size, V)) / np.sqrt(args.hidden_size)).astype(np.float32)
     params["b_y"] = np.zeros(V, np.float32)
     p_flat, opt = flat(params), {}
-    print(f"rnn_numpy: {args.layers} x {args.hidden} tanh RNN, {V} characters, {len(train)} train / {len(val)} "
-          f"validation characters, segments of {args.num_steps}")
+    print(f"rnn_numpy: {args.layers} x {args.hidden_size} tanh RNN, {V} characters, {len(train)} train / {len(val)} "
+          f"validation characters, segments of {args.seq_len}")
 
-    val_bs = max(1, min(args.batch_size, len(val) // (args.num_steps + 1)))
-    hist = {"train_ppl": [], "val_ppl": [evaluate(params, val, val_bs, args.num_steps)], "epoch_s": []}
+    val_bs = max(1, min(args.batch_size, len(val) // (args.seq_len + 1)))
+    hist = {"train_ppl": [], "val_ppl": [evaluate(params, val, val_bs, args.seq_len)], "epoch_s": []}
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        offset = int(rng.integers(args.num_steps))  # a random start, so segment borders move between epochs
-        h, losses = np.zeros((args.layers, args.batch_size, args.hidden), np.float32), []
-        segments = list(sequential_segments(train[offset:], args.batch_size, args.num_steps))
+        offset = int(rng.integers(args.seq_len))  # a random start, so segment borders move between epochs
+        h, losses = np.zeros((args.layers, args.batch_size, args.hidden_size), np.float32), []
+        segments = list(sequential_segments(train[offset:], args.batch_size, args.seq_len))
         for X, Y in tqdm(segments, desc=f"epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
             loss, grads, h = lm_loss_and_grads(params, X, Y, h)  # h: carried over, its gradient is not
             g = flat(grads)
-            clip_grad_norm(g, args.clip)
+            clip_grad_norm(g, args.clip or math.inf)  # --clip 0: never clipped
             adam_step(p_flat, g, opt, args.lr)
             losses.append(loss)
         hist["epoch_s"].append(time.perf_counter() - t0)
         hist["train_ppl"].append(float(np.exp(np.mean(losses))))
-        hist["val_ppl"].append(evaluate(params, val, val_bs, args.num_steps))
+        hist["val_ppl"].append(evaluate(params, val, val_bs, args.seq_len))
         print(f"epoch {epoch:3d}/{args.epochs}  train ppl {hist['train_ppl'][-1]:7.2f} | "
               f"val ppl {hist['val_ppl'][-1]:7.2f} | {hist['epoch_s'][-1]:.2f} s", flush=True)
 

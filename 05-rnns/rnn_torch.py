@@ -5,30 +5,16 @@ fixed-size summary of everything it has read so far (Elman 1990; d2l 9.4-9.5). W
 
     h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)      (B, H), h_0 = 0 unless given
           W_ih (H, D), W_hh (H, H), b_ih, b_hh (H,)
-
-The same weights serve every time step, so the layer handles sequences of any length. A deep RNN
-(d2l 10.3) stacks L such layers: layer l reads the hidden states of layer l-1 at the same step,
-h_t^(l) = tanh(h_t^(l-1) W_ih^(l)T + ... + h_{t-1}^(l) W_hh^(l)T + ...), so each step goes through L
-nonlinearities on its way up as well as through time; dropout sits between layers (on the inputs of
-layers 2..L, in training only; Zaremba et al. 2014), never on the recurrent connection. The module's
-output is the top layer's h_t for every t, (T, B, H); its state is the last h_T of every layer, (L, B, H).
-
-The language model predicts each next character from the ones before it:
     e_t = Embedding(x_t),  h_t = RNN(e_1..e_t),  p(x_{t+1} | x_1..x_t) = softmax(h_t W_hy^T + b_y)
-trained on the mean cross-entropy of the next character; perplexity = exp(that loss), the number of
-equally likely characters the model is as unsure as (1 = certain; |V| = uniform guessing).
-
-Truncated backpropagation through time (d2l 9.7): the corpus is cut by sequential partitioning
-(d2l 9.3) into B parallel streams read num_steps at a time, so row b of batch i+1 continues row b of
-batch i. The hidden state is carried from batch to batch (the model still sees the past) but detached
-(gradients stop at the batch boundary): backpropagation runs through num_steps steps, not the whole book.
-Gradient clipping by global norm (Pascanu et al. 2013) bounds the step when gradients explode:
-g <- g * min(1, theta / ||g||), with ||g|| the norm of all parameters' gradients together.
-
-Measured (default run: Tiny Shakespeare, 66 symbols, 2 layers x 256, embedding 64, batch 32 x 35 steps,
-5 epochs of 200 minibatches (about 1.1 passes), Adam 2e-3, clip 1, seed 0, on a CPU shared with other
-jobs): validation perplexity 5.69 (training 5.05), 235,202 parameters, 15 s per epoch; the LSTM and
-GRU scripts reach 5.14 and 5.09 with the same budget and hidden size.
+    L = mean next-character cross-entropy,  perplexity = exp(L)  (1 = certain; |V| = uniform guessing)
+A deep RNN (d2l 10.3) stacks L layers, layer l reading the states of layer l-1 at the same step,
+with dropout between layers in training only (Zaremba et al. 2014), never on the recurrent path.
+Truncated BPTT (d2l 9.7): the corpus is cut by sequential partitioning (d2l 9.3) into B parallel
+streams read --seq-len characters at a time, so row b of batch i+1 continues row b of batch i. The
+state is carried from batch to batch but detached: gradients stop at the batch boundary. Clipping by
+global norm (Pascanu et al. 2013): g <- g * min(1, theta / ||g||), ||g|| over all parameters.
+A checkpoint is written after every epoch; --resume continues it exactly (the flags that shape the
+run must equal the checkpoint's), and Ctrl-C prints the command that resumes.
 
 Reading: J. L. Elman (1990), "Finding Structure in Time", Cognitive Science 14(2); d2l 9.4-9.7,
 https://d2l.ai/chapter_recurrent-neural-networks/rnn-scratch.html; R. Pascanu, T. Mikolov and Y. Bengio
@@ -38,17 +24,17 @@ As torch.nn.RNN (tanh, batch_first=False); state_dicts interchangeable (tests/te
 Arc: Recurrent neural networks -- an RNN from scratch in PyTorch as a character-level language model.
 
 Run:  python 05-rnns/rnn_torch.py                       (Tiny Shakespeare, a few minutes on a CPU)
-      python 05-rnns/rnn_torch.py --corpus timemachine --epochs 10
+      python 05-rnns/rnn_torch.py --corpus timemachine --epochs 10 --device cuda
       python 05-rnns/rnn_torch.py --epochs 8 --resume   (continue from runs/rnn_torch/checkpoint.pt)
-      python 05-rnns/rnn_torch.py --smoke
 Look first at `RNN.forward` (the loop over time), then at the training loop's `state.detach()`, then
 at the samples printed after each epoch. Compare the validation perplexity with lstm_torch.py and
-gru_torch.py: the same size and budget, and the gated cells do clearly better.
+gru_torch.py: the same size and budget.
 """
 
 # %%
 import argparse
 import math
+import shlex
 import sys
 import time
 from itertools import count, islice
@@ -61,7 +47,20 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, Vocab, lm_batches_sequential, save_metrics, timemachine, tinyshakespeare, tokenize
+from data import (
+    DataError,
+    Vocab,
+    lm_batches_sequential,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    probability,
+    save_metrics,
+    timemachine,
+    tinyshakespeare,
+    tokenize,
+)
 
 # %% [markdown]
 # ## The layer
@@ -166,24 +165,26 @@ def load_corpus(name, data_dir=None, smoke=False):
     return corpus[:n_train], corpus[n_train:], vocab
 
 
-def batch_stream(corpus, batch_size, num_steps, seed):
+def batch_stream(corpus, batch_size, seq_len, seed):
     """Sequentially partitioned (X, Y) batches, pass after pass over the corpus, each pass at a new random offset."""
     for n in count():
-        yield from lm_batches_sequential(corpus, batch_size, num_steps, np.random.default_rng([seed, n]))
+        yield from lm_batches_sequential(corpus, batch_size, seq_len, np.random.default_rng([seed, n]))
 
 
-def to_tensors(X, Y):
-    """A (B, T) batch from the sampler to the (T, B) layout of the model."""
-    return torch.from_numpy(np.ascontiguousarray(X.T)), torch.from_numpy(np.ascontiguousarray(Y.T))
+def to_tensors(X, Y, device="cpu"):
+    """A (B, T) batch from the sampler to the (T, B) layout of the model, on the device."""
+    return (torch.from_numpy(np.ascontiguousarray(X.T)).to(device),
+            torch.from_numpy(np.ascontiguousarray(Y.T)).to(device))
 
 
 @torch.no_grad()
-def perplexity(model, corpus, batch_size, num_steps):
+def perplexity(model, corpus, batch_size, seq_len):
     """exp(mean next-character cross-entropy) over the corpus, read in order with the state carried over."""
     model.eval()
+    device = next(model.parameters()).device
     state, total, count = None, 0.0, 0
-    for X, Y in lm_batches_sequential(corpus, batch_size, num_steps, np.random.default_rng(0)):
-        X, Y = to_tensors(X, Y)
+    for X, Y in lm_batches_sequential(corpus, batch_size, seq_len, np.random.default_rng(0)):
+        X, Y = to_tensors(X, Y, device)
         logits, state = model(X, state)
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1), reduction="sum").item()
         count += Y.numel()
@@ -195,16 +196,17 @@ def perplexity(model, corpus, batch_size, num_steps):
 def sample(model, vocab, prompt, length, temperature=1.0, top_k=0, generator=None):
     """prompt plus `length` sampled characters: p ~ softmax(logits / temperature), kept to the top_k most likely."""
     model.eval()
-    x = torch.from_numpy(vocab.encode(list(prompt)))[:, None]  # (T, 1)
+    device = next(model.parameters()).device
+    x = torch.from_numpy(vocab.encode(list(prompt)))[:, None].to(device)  # (T, 1)
     logits, state = model(x)  # warm the state up on the prompt
     out = []
     for _ in range(length):
-        z = logits[-1, 0] / temperature  # (V,) lower temperature: sharper, more conservative
+        z = logits[-1, 0].cpu() / temperature  # (V,) lower temperature: sharper, more conservative
         if top_k:  # only the k most likely characters may be drawn
             z[z < torch.topk(z, min(top_k, len(z))).values[-1]] = -math.inf
-        idx = torch.multinomial(F.softmax(z, dim=0), 1, generator=generator)  # (1,)
+        idx = torch.multinomial(F.softmax(z, dim=0), 1, generator=generator)  # (1,) drawn on the CPU
         out.append(idx.item())
-        logits, state = model(idx.view(1, 1), state)
+        logits, state = model(idx.view(1, 1).to(device), state)
     model.train()
     return prompt + "".join(vocab.decode(out))
 
@@ -224,6 +226,41 @@ def plot_perplexity(hist, path, title):
 
 
 # %% [markdown]
+# ## Device, checkpoint and resume
+
+
+# %%
+# device picker, as taught in 01-foundations/mlp_torch.py
+def pick_device(name):
+    """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if name == "auto":
+        name = next(d for d, ok in available.items() if ok)
+    if not available[name]:
+        raise ValueError(f"--device {name}: not available on this machine")
+    return torch.device(name)
+
+
+# Flags a resumed run may change: how long it runs, where, and how it samples. Every other flag shapes the
+# model, the data or the schedule, and must equal the checkpoint's, or the resumed run is not the same run.
+RESUME_MAY_CHANGE = ("epochs", "resume", "device", "data_dir", "out_dir", "temperature", "top_k", "sample_len")
+
+
+def config_mismatch(saved, now):
+    """'--flag checkpoint-value -> this-run-value' for every flag outside RESUME_MAY_CHANGE that differs."""
+    names = sorted((saved.keys() | now.keys()) - set(RESUME_MAY_CHANGE))
+    return [f"--{k.replace('_', '-')} {saved.get(k, '(absent)')} -> {now.get(k, '(absent)')}"
+            for k in names if saved.get(k) != now.get(k)]
+
+
+def save_checkpoint(path, **state):
+    """torch.save to a temporary file, then rename: an interrupt during the save leaves the old checkpoint whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+# %% [markdown]
 # ## Main: one flat training loop with truncated BPTT
 
 
@@ -231,41 +268,58 @@ def plot_perplexity(hist, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", default="tinyshakespeare", choices=sorted(CORPORA), help="default tinyshakespeare")
-    p.add_argument("--epochs", type=int, default=None, help="total epochs (default 5; 2 with --smoke)")
-    p.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="minibatches per epoch (default 200; 40 with --smoke; 0: one pass over the training split)")
-    p.add_argument("--batch-size", type=int, default=32, help="parallel streams B (default 32)")
-    p.add_argument("--num-steps", type=int, default=35, help="BPTT length T (default 35)")
-    p.add_argument("--hidden", type=int, default=None, help="hidden size H (default 256; 64 with --smoke)")
-    p.add_argument("--layers", type=int, default=2, help="stacked layers (default 2)")
-    p.add_argument("--embed", type=int, default=64, help="character embedding size (default 64)")
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout between layers (default 0.1)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-3; 1e-2 with --smoke)")
-    p.add_argument("--clip", type=float, default=1.0, help="gradient clipping threshold on the global norm (default 1)")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
-    p.add_argument("--top-k", type=int, default=10, help="sample among the k likeliest characters (0: all; default 10)")
-    p.add_argument("--sample-len", type=int, default=300, help="characters sampled per epoch (default 300)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="total epochs (default 5; 2 with --smoke)")
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                   help="minibatches per epoch (default 200; 40 with --smoke; one pass over Tiny Shakespeare is 900)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="parallel streams B (default 32)")
+    p.add_argument("--seq-len", type=positive_int, default=35, help="BPTT length T (default 35)")
+    p.add_argument("--hidden-size", type=positive_int, default=None,
+                   help="hidden size H (default 256; 64 with --smoke)")
+    p.add_argument("--layers", type=positive_int, default=2, help="stacked layers (default 2)")
+    p.add_argument("--embed-dim", type=positive_int, default=64, help="character embedding size (default 64)")
+    p.add_argument("--dropout", type=probability, default=0.1, help="dropout between layers (default 0.1)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam learning rate (default 2e-3; 1e-2 with --smoke)")
+    p.add_argument("--clip", type=nonneg_float, default=1.0,
+                   help="max global gradient norm, 0: no clipping (default 1)")
+    p.add_argument("--temperature", type=positive_float, default=0.8, help="sampling temperature (default 0.8)")
+    p.add_argument("--top-k", type=nonneg_int, default=10,
+                   help="sample among the k likeliest characters (0: all; default 10)")
+    p.add_argument("--sample-len", type=positive_int, default=300, help="characters sampled per epoch (default 300)")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt up to --epochs")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, data offsets, dropout and sampling (default 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, data offsets, dropout and sampling (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with the corpus files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="for metrics, samples, figure, checkpoint (default runs/<script>)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on the first 60k characters, a small net")
     args = p.parse_args(argv)
-    args.epochs = args.epochs if args.epochs is not None else (2 if args.smoke else 5)
-    args.steps_per_epoch = args.steps_per_epoch if args.steps_per_epoch is not None else (40 if args.smoke else 200)
-    args.hidden = args.hidden if args.hidden is not None else (64 if args.smoke else 256)
-    args.lr = args.lr if args.lr is not None else (1e-2 if args.smoke else 2e-3)  # a small net tolerates larger steps
-    if min(args.epochs, args.batch_size, args.num_steps, args.hidden, args.layers, args.embed, args.sample_len) < 1:
-        p.error("--epochs, --batch-size, --num-steps, --hidden, --layers, --embed and --sample-len must be positive")
-    if args.lr <= 0 or args.clip <= 0 or args.temperature <= 0 or args.steps_per_epoch < 0 or args.top_k < 0:
-        p.error("--lr, --clip and --temperature must be positive; --steps-per-epoch and --top-k non-negative")
-    if not 0 <= args.dropout < 1:
-        p.error("--dropout must be in [0, 1)")
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.epochs is None:
+        args.epochs = 2 if args.smoke else 5
+    if args.steps_per_epoch is None:
+        args.steps_per_epoch = 40 if args.smoke else 200
+    if args.hidden_size is None:
+        args.hidden_size = 64 if args.smoke else 256
+    if args.lr is None:
+        args.lr = 1e-2 if args.smoke else 2e-3  # a small net tolerates larger steps
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
-    if args.resume and not ckpt_path.exists():
-        p.error(f"--resume: no checkpoint at {ckpt_path}")
+    ckpt = None
+    if args.resume:
+        if not ckpt_path.exists():
+            p.error(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        mismatch = config_mismatch(ckpt["config"], vars(args))
+        if mismatch:  # one line, exit 2: the flags that differ, the checkpoint's value and this run's
+            p.exit(2, f"{p.prog}: error: --resume: {ckpt_path} was trained with other settings: "
+                      f"{'; '.join(mismatch)} (rerun with the checkpoint's values, or use another --out-dir)\n")
+        if ckpt["epoch"] >= args.epochs:
+            p.error(f"nothing to do: the checkpoint has {ckpt['epoch']} epochs, --epochs is {args.epochs}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     try:
         train_corpus, val_corpus, vocab = load_corpus(args.corpus, args.data_dir, args.smoke)
     except DataError as exc:
@@ -273,72 +327,86 @@ def main(argv=None) -> dict:
     V = len(vocab)
 
     torch.manual_seed(args.seed)
-    model = CharLM(V, args.embed, args.hidden, args.layers, args.dropout)
+    model = CharLM(V, args.embed_dim, args.hidden_size, args.layers, args.dropout).to(device)
     # Adam: per-parameter step sizes suit the embedding rows (rare characters get rare, small gradients)
     # and the recurrent weights alike, with one learning rate for all three cells; SGD would need one tuned per cell.
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     hist = {"train_ppl": [], "val_ppl": [], "grad_norm": [], "epoch_s": [], "samples": []}
     start = 1
-    if args.resume:
-        ckpt = torch.load(ckpt_path, weights_only=False)
+    if ckpt is not None:
         if ckpt["vocab"] != vocab.idx_to_token:
             p.error("--resume: the checkpoint was trained on another corpus or subset")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         hist, start = ckpt["hist"], ckpt["epoch"] + 1
-        torch.set_rng_state(ckpt["torch_rng"])  # dropout masks continue as if never stopped
+        torch.set_rng_state(ckpt["torch_rng"].cpu())  # dropout masks continue as if never stopped
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
         print(f"resumed from {ckpt_path} after epoch {ckpt['epoch']}")
-    if start > args.epochs:
-        p.error(f"nothing to do: the checkpoint has {start - 1} epochs, --epochs is {args.epochs}")
-    # An "epoch" here is `steps` minibatches between two evaluations; the batches run on through the text
-    # (a full pass over Tiny Shakespeare's training split is about 900 minibatches of 32 x 35).
-    steps = args.steps_per_epoch or (len(train_corpus) - 1) // (args.batch_size * args.num_steps)
+    # An "epoch" here is `steps` minibatches between two evaluations; the batches run on through the text.
+    steps = args.steps_per_epoch
     prompt = CORPORA[args.corpus][1]
+    saved = start - 1  # the last epoch the checkpoint holds
 
-    for epoch in range(start, args.epochs + 1):
-        t0 = time.perf_counter()
-        # this epoch's minibatches, the same after a resume (skipping the earlier ones costs only slicing)
-        batches = islice(batch_stream(train_corpus, args.batch_size, args.num_steps, args.seed), (epoch - 1) * steps,
-                         epoch * steps)
-        state, losses, norms = None, [], []  # each epoch starts from a zero state
-        for X, Y in tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
-            X, Y = to_tensors(X, Y)  # (T, B) inputs and their next characters
-            if state is not None:
-                state = state.detach()  # truncated BPTT: keep the state's value, cut its history
-            logits, state = model(X, state)  # (T, B, V)
-            loss = F.cross_entropy(logits.reshape(-1, V), Y.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            # clipping by global norm: one scale for all gradients, so their direction is kept
-            grads = [q.grad for q in model.parameters() if q.grad is not None]
-            norm = torch.sqrt(sum((g * g).sum() for g in grads))  # ||g|| over every parameter
-            for g in grads:
-                g.mul_(torch.clamp(args.clip / (norm + 1e-6), max=1.0))  # g <- g * min(1, theta / ||g||)
-            opt.step()
-            losses.append(loss.detach())
-            norms.append(norm.detach())
-        hist["train_ppl"].append(math.exp(torch.stack(losses).mean().item()))
-        hist["grad_norm"].append(torch.stack(norms).median().item())
-        hist["val_ppl"].append(perplexity(model, val_corpus, args.batch_size, args.num_steps))
-        hist["epoch_s"].append(time.perf_counter() - t0)
-        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        hist["samples"].append(sample(model, vocab, prompt, args.sample_len, args.temperature, args.top_k, gen))
-        print(f"epoch {epoch:2d}/{args.epochs}  train ppl {hist['train_ppl'][-1]:.2f} | "
-              f"val ppl {hist['val_ppl'][-1]:.2f} | median grad norm {hist['grad_norm'][-1]:.2f} | "
-              f"{hist['epoch_s'][-1]:.1f} s", flush=True)
-        print(hist["samples"][-1] + "\n", flush=True)
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch, "hist": hist,
-                    "torch_rng": torch.get_rng_state(), "vocab": vocab.idx_to_token, "config": vars(args)}, ckpt_path)
+    try:
+        for epoch in range(start, args.epochs + 1):
+            t0 = time.perf_counter()
+            # this epoch's minibatches, the same after a resume (skipping the earlier ones costs only slicing)
+            batches = islice(batch_stream(train_corpus, args.batch_size, args.seq_len, args.seed),
+                             (epoch - 1) * steps, epoch * steps)
+            state, losses, norms = None, [], []  # each epoch starts from a zero state
+            for X, Y in tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
+                X, Y = to_tensors(X, Y, device)  # (T, B) inputs and their next characters
+                if state is not None:
+                    state = state.detach()  # truncated BPTT: keep the state's value, cut its history
+                logits, state = model(X, state)  # (T, B, V)
+                loss = F.cross_entropy(logits.reshape(-1, V), Y.reshape(-1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                # clipping by global norm (as taught in 05-rnns/rnn_numpy.py): one scale for all gradients
+                grads = [q.grad for q in model.parameters() if q.grad is not None]
+                norm = torch.sqrt(sum((g * g).sum() for g in grads))  # ||g|| over every parameter
+                if args.clip > 0:  # --clip 0: no clipping
+                    for g in grads:
+                        g.mul_(torch.clamp(args.clip / (norm + 1e-6), max=1.0))  # g <- g * min(1, theta / ||g||)
+                opt.step()
+                losses.append(loss.detach())
+                norms.append(norm.detach())
+            hist["train_ppl"].append(math.exp(torch.stack(losses).mean().item()))
+            hist["grad_norm"].append(torch.stack(norms).median().item())
+            hist["val_ppl"].append(perplexity(model, val_corpus, args.batch_size, args.seq_len))
+            hist["epoch_s"].append(time.perf_counter() - t0)
+            gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+            hist["samples"].append(sample(model, vocab, prompt, args.sample_len, args.temperature, args.top_k, gen))
+            print(f"epoch {epoch:2d}/{args.epochs}  train ppl {hist['train_ppl'][-1]:.2f} | "
+                  f"val ppl {hist['val_ppl'][-1]:.2f} | median grad norm {hist['grad_norm'][-1]:.2f} | "
+                  f"{hist['epoch_s'][-1]:.1f} s", flush=True)
+            print(hist["samples"][-1] + "\n", flush=True)
+            save_checkpoint(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), epoch=epoch, hist=hist,
+                            torch_rng=torch.get_rng_state(), vocab=vocab.idx_to_token, config=vars(args),
+                            cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else None)
+            saved = epoch
+    except KeyboardInterrupt:  # Ctrl-C: say what is saved and how to go on, without a traceback
+        flags = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]
+        script = f"{Path(__file__).resolve().parent.name}/{Path(__file__).name}"
+        if saved:
+            print(f"\ninterrupted in epoch {epoch}; {ckpt_path} holds epoch {saved}. Resume with:\n  "
+                  + shlex.join(["python", script, *flags, "--resume"]), file=sys.stderr)
+        else:
+            print(f"\ninterrupted in epoch {epoch}, before the first checkpoint; nothing saved. Start again with:\n  "
+                  + shlex.join(["python", script, *flags]), file=sys.stderr)
+        sys.exit(130)
 
     plot_perplexity(hist, out_dir / "perplexity.png",
-                    f"{Path(__file__).stem}: {args.layers}x{args.hidden} RNN on {args.corpus} (|V| = {V})")
+                    f"{Path(__file__).stem}: {args.layers}x{args.hidden_size} RNN on {args.corpus} (|V| = {V})")
     samples = "".join(f"--- epoch {i + 1} ---\n{s}\n\n" for i, s in enumerate(hist["samples"]))
     (out_dir / "samples.txt").write_text(samples)
     metrics = {"script": Path(__file__).stem, "corpus": args.corpus, "vocab_size": V,
                "val_ppl": hist["val_ppl"][-1], "train_ppl": hist["train_ppl"][-1],
                "sec_per_epoch": float(np.median(hist["epoch_s"])), "steps_per_epoch": steps,
                "params": sum(q.numel() for q in model.parameters()), "sample": hist["samples"][-1],
-               "config": vars(args), "history": {k: hist[k] for k in ("train_ppl", "val_ppl", "grad_norm")}}
+               "device": str(device), "config": vars(args),
+               "history": {k: hist[k] for k in ("train_ppl", "val_ppl", "grad_norm")}}
     save_metrics(out_dir, metrics, __file__, argv)
     return metrics
 

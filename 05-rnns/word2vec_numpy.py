@@ -2,8 +2,22 @@
 
 A word's meaning is read off the company it keeps: word2vec learns one vector per word such that a
 word's vector predicts the words around it. Two models (Mikolov et al. 2013a) and two ways to avoid
-a softmax over the whole vocabulary (2013b), every gradient derived below and written by hand;
-tests/test_word2vec_numpy.py checks all four combinations against torch autograd in float64.
+a softmax over the whole vocabulary (2013b), every gradient written by hand; tests/test_word2vec_numpy.py
+checks all four combinations against torch autograd in float64. V (n_words, d) holds every word's
+centre ("input") vector v_w, U its context ("output") vector u_w; sigma(x) = 1 / (1 + exp(-x)):
+
+  skip-gram + negative sampling, a centre c, each of its contexts o, K noise words k ~ P(w)^0.75:
+      loss(c, o) = -log sigma(u_o . v_c) - sum_k log sigma(-u_k . v_c)
+  CBOW: the mean of the context vectors h = (1/n) sum_j v_{o_j} predicts the centre, as above with h for v_c.
+  hierarchical softmax: the words are the leaves of a binary (Huffman) tree, U holds one vector per
+  inner node; the path to w turns left (s_j = +1) or right (s_j = -1) at nodes n_1 .. n_L(w):
+      P(w | h) = prod_j sigma(s_j u_{n_j} . h),      loss = -sum_j log sigma(s_j u_{n_j} . h)
+  All four are one computation: row b has an input h_b = sum_c w_bc v_{i_bc} and entries l with output
+  rows u_{o_bl}, signs s_bl = +-1 and a mask m_bl (0 on padding):
+      z_bl = s_bl (u_{o_bl} . h_b),     L = (1/B) sum_b sum_l m_bl (-log sigma(z_bl))
+SGD with the paper's linearly decaying learning rate lr_t = lr (1 - t / T). The data are PTB's training
+sentences through `data.ptb_word2vec` (subsampling, random windows); the last 2% of the centres are
+held out to measure how often a true (centre, context) pair scores above a shuffled one (0.5 = chance).
 
 Reading: T. Mikolov, K. Chen, G. Corrado and J. Dean, "Efficient Estimation of Word Representations in
 Vector Space" (2013a), https://arxiv.org/abs/1301.3781; T. Mikolov, I. Sutskever, K. Chen, G. Corrado
@@ -14,72 +28,10 @@ https://d2l.ai/chapter_natural-language-processing-pretraining/index.html; CS224
 Arc: NLP pretraining -- word2vec (skip-gram, CBOW; negative sampling, hierarchical softmax) in NumPy.
 
 Run:  python 05-rnns/word2vec_numpy.py                        (skip-gram + negative sampling, full PTB)
-      python 05-rnns/word2vec_numpy.py --model cbow           (predict the centre from its contexts)
-      python 05-rnns/word2vec_numpy.py --objective hs         (hierarchical softmax over a Huffman tree)
-      python 05-rnns/word2vec_numpy.py --smoke                (seconds: 3,000 sentences, 32 dimensions, 5 epochs)
+      python 05-rnns/word2vec_numpy.py --model cbow --objective hs --embed-dim 50
+      python 05-rnns/word2vec_numpy.py --smoke                (seconds: 3,000 sentences, 32 dimensions)
 Look first at `forward` / `backward` (one loss serves all four combinations), then `huffman_tree`,
 then the nearest neighbours printed at the end and runs/word2vec_numpy/embeddings_pca.png.
-
-Two matrices: V (n_words, d) holds every word's centre ("input") vector v_w, U its context ("output")
-vector u_w. With sigma(x) = 1 / (1 + exp(-x)):
-
-  skip-gram + negative sampling, for a centre c, each of its contexts o and K noise words k ~ P(w)^0.75:
-      loss(c, o) = -log sigma(u_o . v_c) - sum_k log sigma(-u_k . v_c)
-  "is o a real neighbour of c?" as logistic regression, against K words that are not. The full
-  softmax P(o | c) = exp(u_o . v_c) / sum_w exp(u_w . v_c) would cost O(n_words) per pair.
-
-  CBOW: the mean of the context vectors h = (1/n) sum_j v_{o_j} predicts the centre: loss(h, c) as
-  above with h in place of v_c, the centre as the positive word and K noise words.
-
-  hierarchical softmax: the words are the leaves of a binary tree with n_words - 1 inner nodes, and U
-  holds one vector per inner node. The path from the root to w passes nodes n_1 .. n_L(w), turning
-  left (code 0) or right (code 1) at each; with s_j = +1 for left and -1 for right,
-      P(w | h) = prod_j sigma(s_j u_{n_j} . h),      loss = -log P(w | h) = -sum_j log sigma(s_j u_{n_j} . h)
-  At every node sigma(x) + sigma(-x) = 1, so the probability splits between the two subtrees and the
-  leaves sum to 1 with no normaliser: training a word touches only the L(w) vectors on its path,
-  about log2(n_words) of them for a balanced tree (12.7 for PTB's 6,719 words) instead of n_words.
-  The tree is Huffman's (built with heapq in `huffman_tree`): the optimal prefix code for the word
-  counts, so frequent words -- most of the training targets -- get the shortest paths and the
-  expected cost per target, sum_w f(w) L(w), is the smallest any binary tree can have (PTB: 9.6
-  nodes on average, depths 4 .. 17).
-
-All four are one computation: a row b has an input vector h_b = sum_c w_bc v_{i_bc} (skip-gram: the
-centre, weight 1; CBOW: the n contexts, weight 1/n each) and entries l with output rows u_{o_bl},
-signs s_bl = +-1 (positive / noise word, or left / right turn) and a mask m_bl (0 on padding):
-      z_bl = s_bl (u_{o_bl} . h_b),     L = (1/B) sum_b sum_l m_bl (-log sigma(z_bl))
-
-Training: SGD with the paper's linearly decaying learning rate, lr_t = lr (1 - t / T), floored at
-1e-4 lr. The loss is a mean over the batch's rows (centres), so each row moves its vectors by lr / B
-times its own gradient; the defaults, lr = B x LR_PER_ROW, are steps of 0.1 per centre for skip-gram
-(word2vec.c: 0.025 per pair, on corpora a thousand times larger than PTB) and 0.4 for CBOW, whose n
-context vectors each receive only 1/n of the gradient of their mean. Hierarchical softmax takes half
-those steps and batches of 64: the root is on every path and the top nodes on most, so one batch
-adds hundreds of gradients into those few vectors at once (word2vec.c, updating after every pair,
-never sums two); with 512 centres a batch the sum threw them off and the loss went to inf.
-Both V and U start as N(0, 0.1^2). word2vec.c starts U at zero; on PTB that start spent whole
-epochs learning one direction shared by all words (every cosine similarity 1.00), while a random U
-breaks the symmetry at once. The data are PTB's training sentences through `data.ptb_word2vec`
-(words seen >= 10 times, subsampling t = 1e-4, random windows of up to 5 words each side); the last
-2% of the centres are held out to measure how often the model scores a true (centre, context) pair
-above the same centre with the context of another random pair (0.5 = chance; CBOW: contexts, centre).
-
-Measured (full PTB: 336,320 training centres, 6,719 words; d = 100, K = 5, 5 epochs, seed 0; one core
-of a 2-core machine shared with other jobs):
-  skip-gram + neg (batch 512):  47 s per epoch
-      (31.7 s alone on the machine, 2 threads), loss per centre 11.85 -> 9.02 (epoch means), held-out
-      true > shuffled 0.50 -> 0.64 (training pairs 0.81: PTB is small, the sawtooth in loss.png at
-      every epoch start is the same pairs coming round again). chip: intel 0.64, mips 0.55,
-      microprocessor 0.54, dell 0.53, users 0.52; intel: chip 0.64, microprocessor 0.61, motorola
-      0.56, computers 0.55, bugs 0.55; baby: boomers 0.68, ...; beautiful: love 0.62, teach 0.60, hate
-      0.58, ... The PCA figure separates days, months, companies, markets, countries and numbers.
-      None of the 8 analogies comes out right: PTB's 900k words are far too few (d2l 15.7 uses GloVe
-      vectors trained on 6 billion).
-  skip-gram + hs (batch 64):  57 s per epoch, loss 36.1 -> 32.9, held-out 0.50 -> 0.60; chip: intel
-      0.73, mips 0.62, computers 0.57, ...; two : three :: four : five is the one analogy solved.
-  cbow + neg (batch 512):  9 s per epoch, held-out 0.50 -> 0.72 (predicting one centre from all its
-      contexts is the easier test), but rarer words' neighbours are noisier (intel: laptop 0.49, ...).
-  cbow + hs (batch 64):  14 s per epoch, held-out 0.50 -> 0.67; intel: motorola 0.42, ...; two
-      analogies solved: japan : japanese :: germany : german, britain : british :: france : french.
 """
 
 # %%
@@ -94,7 +46,18 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import draw_negatives, minibatches, noise_distribution, ptb_word2vec, save_metrics, skipgram_batches
+from data import (
+    DataError,
+    draw_negatives,
+    minibatches,
+    noise_distribution,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    ptb_word2vec,
+    save_metrics,
+    skipgram_batches,
+)
 
 # %% [markdown]
 # ## One loss for all four: scores of output rows against an input vector, forward beside backward
@@ -167,6 +130,12 @@ def sgd_step(params, grads, lr):
 
 # %% [markdown]
 # ## Hierarchical softmax: the Huffman tree and each word's path through it
+#
+# At every inner node sigma(x) + sigma(-x) = 1, so the probability splits between the two subtrees and
+# the leaves sum to 1 with no normaliser: training a word touches only the L(w) vectors on its path,
+# about log2(n_words) for a balanced tree, instead of n_words. Huffman's tree is the optimal prefix
+# code for the word counts: frequent words -- most of the training targets -- get the shortest paths,
+# so the expected cost per target, sum_w f(w) L(w), is the smallest any binary tree can have.
 
 
 # %%
@@ -405,6 +374,13 @@ def plot_loss(hist, steps_per_epoch, path, title):
 
 
 # %%
+# The loss is a mean over the batch's rows (centres), so each row moves its vectors by lr / B times its
+# own gradient; the defaults, lr = B x LR_PER_ROW, are steps of 0.1 per centre for skip-gram (word2vec.c:
+# 0.025 per pair, on corpora a thousand times larger than PTB) and 0.4 for CBOW, whose n context vectors
+# each receive only 1/n of the gradient of their mean. Hierarchical softmax takes half those steps and
+# batches of 64: the root is on every path and the top nodes on most, so one batch adds hundreds of
+# gradients into those few vectors at once (word2vec.c, updating after every pair, never sums two), and
+# large batches make that sum diverge.
 LR_PER_ROW = {("skipgram", "neg"): 0.1, ("cbow", "neg"): 0.4, ("skipgram", "hs"): 0.05, ("cbow", "hs"): 0.2}
 
 
@@ -413,40 +389,44 @@ def main(argv=None) -> dict:
     p.add_argument("--model", choices=("skipgram", "cbow"), default="skipgram", help="default skipgram")
     p.add_argument("--objective", choices=("neg", "hs"), default="neg",
                    help="neg: negative sampling (default); hs: hierarchical softmax")
-    p.add_argument("--dim", type=int, default=None, help="embedding size d (default 100; 32 with --smoke)")
-    p.add_argument("--window", type=int, default=5, help="largest context window each side (default 5)")
-    p.add_argument("--num-noise", type=int, default=5, help="noise words per target, K (default 5)")
-    p.add_argument("--max-sentences", type=int, default=None,
-                   help="use the first N PTB training sentences (default all 42,068; 3,000 with --smoke)")
+    p.add_argument("--embed-dim", type=positive_int, default=None,
+                   help="embedding size d (default 100; 32 with --smoke)")
+    p.add_argument("--window", type=positive_int, default=5, help="largest context window each side (default 5)")
+    p.add_argument("--num-noise", type=positive_int, default=5, help="noise words per target, K (default 5)")
+    p.add_argument("--max-sentences", type=positive_int, default=None,
+                   help="use the first N PTB training sentences, >= 2 (default all 42,068; 3,000 with --smoke)")
     p.add_argument("--probes", default=None,
                    help=f"comma-separated words whose nearest neighbours are printed (default {','.join(PROBES)})")
-    p.add_argument("--epochs", type=int, default=None, help="passes over the centres (default 5, also with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="centres per batch (default 512, hs 64; smoke 64)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None, help="passes over the centres (default 5)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="centres per batch (default 512, hs 64; smoke 64)")
+    p.add_argument("--lr", type=positive_float, default=None,
                    help="initial SGD learning rate, decaying linearly (default batch size x LR_PER_ROW: "
                         "0.1 skip-gram, 0.4 CBOW, half that with hs)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the vectors, subsampling, windows, noise (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds the vectors, subsampling, windows, noise (default 0)")
     p.add_argument("--data-dir", default=None, help="folder holding ptb/ (default: $ARC_DATA_DIR, data/cache)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/word2vec_numpy)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on the first 3,000 sentences, d = 32")
     args = p.parse_args(argv)
-    defaults = dict(dim=32, max_sentences=3000, epochs=5, batch_size=64) if args.smoke else \
-        dict(dim=100, max_sentences=None, epochs=5, batch_size=512 if args.objective == "neg" else 64)
+    defaults = dict(embed_dim=32, max_sentences=3000, epochs=5, batch_size=64) if args.smoke else \
+        dict(embed_dim=100, max_sentences=None, epochs=5, batch_size=512 if args.objective == "neg" else 64)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.lr is None:
         args.lr = LR_PER_ROW[args.model, args.objective] * args.batch_size
-    if min(args.dim, args.window, args.num_noise, args.epochs, args.batch_size) < 1 or args.lr <= 0:
-        p.error("--dim, --window, --num-noise, --epochs, --batch-size must be >= 1 and --lr positive")
     if args.max_sentences is not None and args.max_sentences < 2:
         p.error("--max-sentences must be at least 2")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # data: PTB -> vocabulary -> subsampling -> centres and their context windows (data/embeddings.py)
-    vocab, counts, centers, contexts = ptb_word2vec(args.window, max_sentences=args.max_sentences,
-                                                    seed=args.seed, data_dir=args.data_dir)
+    try:
+        vocab, counts, centers, contexts = ptb_word2vec(args.window, max_sentences=args.max_sentences,
+                                                        seed=args.seed, data_dir=args.data_dir)
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
     if len(vocab) < 3 or len(centers) < 100:
         p.error(f"{args.max_sentences} sentences give {len(vocab) - 1} words seen >= 10 times and "
                 f"{len(centers)} centres: too few to train on; raise --max-sentences")
@@ -464,8 +444,10 @@ def main(argv=None) -> dict:
     centers, contexts = centers[:-n_held], contexts[:-n_held]
     probs = noise_distribution(counts)  # P(w) ~ count(w)^0.75
     tree = huffman_tree(counts) if args.objective == "hs" else None
-    n_words, d = len(vocab), args.dim
+    n_words, d = len(vocab), args.embed_dim
     rng = np.random.default_rng(args.seed)
+    # Both V and U start as N(0, 0.1^2). word2vec.c starts U at zero; on PTB that start spends whole epochs
+    # learning one direction shared by all words, while a random U breaks the symmetry at once.
     params = {"V": rng.normal(0, 0.1, (n_words, d)),  # (n_words, d) centre vectors
               "U": rng.normal(0, 0.1, (n_words if tree is None else n_words - 1, d))}  # context / node vectors
     name = f"{args.model} + {'negative sampling' if args.objective == 'neg' else 'hierarchical softmax'}"

@@ -5,56 +5,18 @@ a context vector u_w (a row of U), such that u_o . v_c is large when o occurs ne
 p(o | c) = softmax_o(u_o . v_c) needs a sum over the whole vocabulary for every pair; negative
 sampling (Mikolov et al. 2013b; d2l 15.2) replaces it by K binary questions per true pair: is (c, o)
 a real pair (label 1), and is each of K noise words w_k ~ P_n(w) proportional to count(w)^0.75 one
-(label 0)? With s = u . v_c and sigma(s) = 1 / (1 + exp(-s)), the loss of one true pair is
+(label 0)? With s = u . v_c and sigma(s) = 1 / (1 + exp(-s)):
 
     l(c, o) = -log sigma(u_o . v_c) - sum_k log sigma(-u_{w_k} . v_c)
-
-and every entry of a minibatch row (a context or a noise word, label y) is one binary cross-entropy
-
-    l(s, y) = -[y log sigma(s) + (1 - y) log sigma(-s)],        dl/ds = sigma(s) - y
-
-so here the model is two nn.Embedding tables and a dot product, and the loss is written out with
-F.logsigmoid (stable for large |s|: log sigma(s) = -log(1 + exp(-s)) computed without overflow).
-Autograd gives the gradients; word2vec_numpy.py writes them by hand.
-
-Batches (d2l 15.3, `data.skipgram_batches`): row b holds centre c_b's n_b contexts, then its
-n_b * K noise words, then padding up to the longest row; `mask` is 1 on the real entries and
-`label` 1 on the contexts. The loss is averaged over all real entries of the batch,
-sum(mask * l) / sum(mask). d2l averages within each row first and then over rows, which gives each
-pair of a centre with a 1-word window up to five times the weight of a pair of a centre with a
-5-word window; averaging over all entries keeps every (centre, word) pair equal, as in Mikolov's
-code, where each pair is one SGD step. (The start is exactly log 2 = 0.693 per entry, see below.)
-
-Initialisation as in Mikolov's word2vec code: V ~ U(-0.5/d, 0.5/d), U = 0, so every score starts at
-0 and the first loss is log 2. Adam with lr 0.002 (d2l 15.4); it updates the whole tables every step
-(dense gradients), so rows of words not in the batch keep moving on their momentum: simple, and fine
-at this size (torch's sparse=True embeddings with SparseAdam would touch only the rows in the batch).
-
-Word vectors are the centre vectors V (as d2l 15.4 and most word2vec users do); the script also
-reports the neighbours and analogies with V + U, the sum GloVe uses. Similarity (d2l 15.7) is the
-cosine between vectors; an analogy a : b :: c : ? is answered by the word nearest to
-b - a + c (unit vectors, 3CosAdd), excluding a, b and c.
-
-A held-out check the loss alone does not give: on pairs drawn from PTB's *validation* sentences, the
-fraction of (true context, noise word) pairs of the same centre in which the true context scores
-higher (pair AUC; 0.5 is chance, the untrained model's exact value since all its scores are 0).
-
-Measured (default run: full PTB, 6,719 words with <unk>, 343,183 centres per epoch, windows up to 5,
-K = 5, d = 100, batch 512, Adam 0.002, 5 epochs, seed 0, one thread of a 2-core CPU shared with other
-jobs): 19-36 s per epoch (median 30 s), under 3 minutes in all; alone on the machine
-with 2 threads, 11.7 s per epoch and 67 s in all, with the same numbers. Training loss 0.387, held-out loss 0.415
-(from log 2 = 0.693; the best constant score would give 0.451), held-out pair AUC 0.677. The held-out
-loss flattens after epoch 4 while the training loss still falls (the subsampled corpus and the windows
-are drawn once, so every epoch revisits the same pairs with fresh noise words): more epochs overfit.
-Nearest neighbours with V:
-    chip: intel 0.84, microprocessor 0.82, desktop 0.81, chips 0.78, laptop 0.77
-    intel: chip 0.84, desktop 0.83, laptop 0.82, microprocessor 0.81, semiconductor 0.81
-    baby: boomers 0.84, feels 0.72, aging 0.69, lawn 0.68, drink 0.68
-    beautiful: hate 0.87, unique 0.87, naturally 0.87, gorky 0.85, characters 0.84
-Frequent topical words get good neighbours; "baby" is mostly "baby boomers" in the Wall Street
-Journal, and "beautiful" (13 occurrences) has too few contexts for a good vector. Analogies: 2 of the
-10 (rise : rose :: fall : fell, japan : japanese :: germany : german) with V, 2 with V + U; 900k words
-of news are far too few for analogies, which Mikolov et al. measured after billions of words.
+    l(s, y) = -[y log sigma(s) + (1 - y) log sigma(-s)],        dl/ds = sigma(s) - y     (one entry)
+    L = sum(mask * l) / sum(mask)                                (over the real entries of the batch)
+The model is two nn.Embedding tables and a dot product; autograd gives the gradients (word2vec_numpy.py
+writes them by hand). Batches (d2l 15.3, `data.skipgram_batches`): row b holds centre c_b's contexts,
+then their noise words, then padding. Word vectors are the centre vectors V (as d2l 15.4); the script
+also reports V + U, the sum GloVe uses. Similarity (d2l 15.7) is the cosine; a : b :: c : ? is the word
+nearest to b - a + c (unit vectors, 3CosAdd), excluding a, b and c. A held-out check the loss alone does
+not give: on PTB's validation sentences, how often a true context outscores a noise word of the same
+centre (pair AUC; 0.5 = chance, the untrained model's exact value since all its scores are 0).
 
 Reading: T. Mikolov, K. Chen, G. Corrado and J. Dean (2013a), "Efficient Estimation of Word
 Representations in Vector Space", https://arxiv.org/abs/1301.3781 ; T. Mikolov, I. Sutskever, K. Chen,
@@ -64,8 +26,8 @@ https://d2l.ai/chapter_natural-language-processing-pretraining/word2vec-pretrain
 CS224n lecture notes 1 (word vectors).
 Arc: NLP pretraining (word embeddings) -- word2vec, skip-gram with negative sampling on PTB, in PyTorch.
 
-Run:  python 05-rnns/word2vec_torch.py                  (full PTB, 5 epochs, under 3 minutes on one CPU core)
-      python 05-rnns/word2vec_torch.py --vectors sum --probes stock,japan,monday
+Run:  python 05-rnns/word2vec_torch.py                  (full PTB, 5 epochs, minutes on one CPU core)
+      python 05-rnns/word2vec_torch.py --vectors sum --probes stock,japan,monday --embed-dim 50
       python 05-rnns/word2vec_torch.py --smoke          (seconds: 3,000 sentences, d = 32)
 Look first at `SkipGram.forward` and `sgns_loss` (the whole model and objective in a dozen lines),
 then at the neighbours printed at the end and at runs/word2vec_torch/embeddings_pca.png.
@@ -88,6 +50,9 @@ from data import (
     DataError,
     centers_and_contexts,
     noise_distribution,
+    nonneg_int,
+    positive_float,
+    positive_int,
     ptb_sentences,
     ptb_word2vec,
     save_metrics,
@@ -150,6 +115,10 @@ def sgns_loss(scores, label, mask):
 
     scores, label, mask (B, L); label 1 on true contexts, 0 on noise words; mask 0 on padding.
     """
+    # Averaged over all real entries of the batch, not first within each row as d2l does: that would give
+    # a pair of a centre with a 1-word window up to five times the weight of a pair of a centre with a
+    # 5-word window; this way every (centre, word) pair counts the same, as in Mikolov's code, where each
+    # pair is one SGD step. F.logsigmoid is log sigma(s) = -log(1 + exp(-s)) without overflow.
     # l = -[y log sigma(s) + (1 - y) log sigma(-s)]                                     (B, L)
     l = -(label * F.logsigmoid(scores) + (1 - label) * F.logsigmoid(-scores))
     return (l * mask).sum() / mask.sum()  # padding (mask 0) adds nothing to the loss or the gradient
@@ -235,12 +204,12 @@ def plot_pca(W, vocab, path, title):
 
 
 # %%
-def heldout_pairs(vocab, counts, max_window, t, seed, data_dir=None, max_sentences=None):
+def heldout_pairs(vocab, counts, window, t, seed, data_dir=None, max_sentences=None):
     """Centres and contexts from PTB's validation sentences, prepared as the training ones (same vocab, counts)."""
     rng = np.random.default_rng([seed, 1])
     corpus = [vocab.encode(s) for s in ptb_sentences("valid", data_dir)[:max_sentences]]
     corpus = [s[s != vocab.unk] for s in corpus]
-    return centers_and_contexts(subsample(corpus, counts, t=t, rng=rng), max_window, rng=rng)
+    return centers_and_contexts(subsample(corpus, counts, t=t, rng=rng), window, rng=rng)
 
 
 def to_tensors(batch, device):
@@ -267,6 +236,7 @@ def evaluate(model, centers, contexts, probs, batch_size, num_noise, seed, devic
     return total / count, wins / pairs
 
 
+# device picker, as taught in 01-foundations/mlp_torch.py
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -314,49 +284,62 @@ def plot_loss(hist, path, title, num_noise):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="passes over the centres (default 5; 2 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="centres per minibatch (default 512; 128 with --smoke)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 0.002; 0.01 with --smoke)")
-    p.add_argument("--embed-size", type=int, default=None, help="vector size d (default 100; 32 with --smoke)")
-    p.add_argument("--max-window", type=int, default=5, help="largest context window each side (default 5)")
-    p.add_argument("--num-noise", type=int, default=5, help="noise words K per true context (default 5)")
-    p.add_argument("--t", type=float, default=1e-4, help="subsampling threshold t (default 1e-4)")
-    p.add_argument("--min-freq", type=int, default=10, help="words rarer than this become <unk>, dropped (default 10)")
-    p.add_argument("--max-sentences", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="passes over the centres (default 5; 2 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="centres per minibatch (default 512; 128 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam learning rate (default 0.002; 0.01 with --smoke)")
+    p.add_argument("--embed-dim", type=positive_int, default=None, help="vector size d (default 100; 32 with --smoke)")
+    p.add_argument("--window", type=positive_int, default=5, help="largest context window each side (default 5)")
+    p.add_argument("--num-noise", type=positive_int, default=5, help="noise words K per true context (default 5)")
+    p.add_argument("--t", type=positive_float, default=1e-4, help="subsampling threshold t, below 1 (default 1e-4)")
+    p.add_argument("--min-freq", type=positive_int, default=10,
+                   help="words rarer than this become <unk>, dropped (default 10)")
+    p.add_argument("--max-sentences", type=positive_int, default=None,
                    help="use the first N training (and validation) sentences (default all; 3000 with --smoke)")
     p.add_argument("--vectors", default="center", choices=["center", "sum"],
                    help="word vectors for the PCA figure: center = V (default), sum = V + U")
     p.add_argument("--probes", default=None,
                    help="comma-separated probe words (default: those of PROBES in the vocabulary)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
-    p.add_argument("--seed", type=int, default=0, help="seeds the data pipeline, the noise words and the init")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds the data pipeline, the noise words and the init")
     p.add_argument("--data-dir", default=None, help="folder with the PTB files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="for metrics, vectors and figures (default runs/<script>)")
     p.add_argument("--smoke", action="store_true", help="seconds: the first 3,000 sentences, d = 32, 2 epochs")
     args = p.parse_args(argv)
-    args.epochs = args.epochs if args.epochs is not None else (2 if args.smoke else 5)
-    args.batch_size = args.batch_size if args.batch_size is not None else (128 if args.smoke else 512)
-    args.lr = args.lr if args.lr is not None else (0.01 if args.smoke else 0.002)  # few steps: larger ones
-    args.embed_size = args.embed_size if args.embed_size is not None else (32 if args.smoke else 100)
-    args.max_sentences = args.max_sentences if args.max_sentences is not None else (3000 if args.smoke else None)
-    if min(args.epochs, args.batch_size, args.embed_size, args.max_window, args.num_noise, args.min_freq) < 1:
-        p.error("--epochs, --batch-size, --embed-size, --max-window, --num-noise and --min-freq must be positive")
-    if args.lr <= 0 or not 0 < args.t < 1 or (args.max_sentences is not None and args.max_sentences < 1):
-        p.error("--lr must be positive, --t in (0, 1), --max-sentences positive")
     try:
         device = pick_device(args.device)
-        vocab, counts, centers, contexts = ptb_word2vec(args.max_window, args.t, args.min_freq, args.max_sentences,
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.t >= 1:
+        p.error(f"--t must lie in (0, 1), got {args.t}")
+    if args.epochs is None:
+        args.epochs = 2 if args.smoke else 5
+    if args.batch_size is None:
+        args.batch_size = 128 if args.smoke else 512
+    if args.lr is None:
+        args.lr = 0.01 if args.smoke else 0.002  # few steps: larger ones
+    if args.embed_dim is None:
+        args.embed_dim = 32 if args.smoke else 100
+    if args.max_sentences is None and args.smoke:
+        args.max_sentences = 3000
+    try:
+        vocab, counts, centers, contexts = ptb_word2vec(args.window, args.t, args.min_freq, args.max_sentences,
                                                         args.seed, args.data_dir)
-        val_centers, val_contexts = heldout_pairs(vocab, counts, args.max_window, args.t, args.seed, args.data_dir,
+        val_centers, val_contexts = heldout_pairs(vocab, counts, args.window, args.t, args.seed, args.data_dir,
                                                   args.max_sentences)
-        if args.probes is None:  # PROBES, less any word a small subset (--smoke) lacks
-            probes = [w for w in PROBES if w in vocab.token_to_idx] or list(vocab.idx_to_token[1:5])
-        else:  # words asked for by name must exist
-            probes = [w for w in args.probes.split(",") if w]
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
+    if args.probes is None:  # PROBES, less any word a small subset (--smoke) lacks
+        probes = [w for w in PROBES if w in vocab.token_to_idx] or list(vocab.idx_to_token[1:5])
+    else:  # words asked for by name must exist
+        probes = [w for w in args.probes.split(",") if w]
+        try:
             for w in probes:
                 word_index(vocab, w)
-    except (DataError, ValueError) as exc:
-        p.error(str(exc))
+        except ValueError as exc:
+            p.error(str(exc))
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     V = len(vocab)
@@ -364,7 +347,10 @@ def main(argv=None) -> dict:
     print(f"PTB: {V} words, {len(centers):,} training centres, {len(val_centers):,} held-out centres, on {device}")
 
     torch.manual_seed(args.seed)
-    model = SkipGram(V, args.embed_size).to(device)
+    model = SkipGram(V, args.embed_dim).to(device)
+    # Adam (d2l 15.4) updates the whole tables every step (dense gradients), so rows of words not in the batch
+    # keep moving on their momentum: simple, and fine at this size (sparse=True embeddings with SparseAdam
+    # would touch only the rows in the batch).
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)  # minibatch order and noise words, epoch after epoch
     held_out = (val_centers, val_contexts, probs, args.batch_size, args.num_noise, args.seed, device)
@@ -414,7 +400,7 @@ def main(argv=None) -> dict:
         right = sum(g[0][0] == q.split(":")[-1] for q, g in answers.items())
         print(f"  {right}/{len(answers)} analogies answered as expected")
         result[name] = (near, answers, right)
-    title = f"word2vec_torch: skip-gram on PTB, {'V' if args.vectors == 'center' else 'V + U'}, d = {args.embed_size}"
+    title = f"word2vec_torch: skip-gram on PTB, {'V' if args.vectors == 'center' else 'V + U'}, d = {args.embed_dim}"
     has_pca = plot_pca(Vw if args.vectors == "center" else Sw, vocab, out_dir / "embeddings_pca.png", title)
     plot_loss(hist, out_dir / "loss.png", f"word2vec_torch: skip-gram, negative sampling (K = {args.num_noise})",
               args.num_noise)

@@ -18,13 +18,13 @@ Timing: `--repeats` rounds; in each round every contender in turn pauses `--paus
 one untimed call, then `--block` timed calls. The rounds interleave the contenders, so a slow
 spell of the machine hits all alike; the pause lets the previous library's worker threads, which
 spin for a while after each call (OpenBLAS, OpenMP), go idle first: timed back to back, the
-contender that follows another library pays for its spinning threads (measured here: the NumPy
-LSTM 40 ms right after nn.LSTM, 33 ms after a pause). Medians are reported, every time kept in
+contender that follows another library pays for its spinning threads (the NumPy LSTM is slower
+right after nn.LSTM than after a pause). Medians are reported, every time kept in
 the JSON. NumPy's OpenBLAS takes its thread count from OPENBLAS_NUM_THREADS (or OMP_NUM_THREADS;
 all cores if neither is set); torch is given the same number with torch.set_num_threads. If
 lstm_torch.py is missing, the scratch contender is skipped and said so.
 
-    python benchmarks/rnn.py [--repeats 6] [--block 5] [--batch-size 32] [--num-steps 35] [--hidden 256]
+    python benchmarks/rnn.py [--repeats 6] [--block 5] [--batch-size 32] [--seq-len 35] [--hidden-size 256]
 """
 
 import argparse
@@ -39,6 +39,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from data import nonneg_float, nonneg_int, positive_int
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 1.3
@@ -95,44 +97,40 @@ def torch_step(module, x, dout, onednn=True):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=6, help="rounds (default 6)")
-    p.add_argument("--block", type=int, default=5, help="timed calls per contender and round (default 5)")
-    p.add_argument("--pause", type=float, default=0.3, help="seconds of pause before each block (default 0.3)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--num-steps", type=int, default=35, help="time steps (default 35)")
-    p.add_argument("--input-size", type=int, default=256, help="input features (default 256)")
-    p.add_argument("--hidden", type=int, default=256, help="hidden units (default 256)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=positive_int, default=6, help="rounds (default 6)")
+    p.add_argument("--block", type=positive_int, default=5, help="timed calls per contender and round (default 5)")
+    p.add_argument("--pause", type=nonneg_float, default=0.3, help="seconds of pause before each block (default 0.3)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
+    p.add_argument("--seq-len", type=positive_int, default=35, help="time steps (default 35)")
+    p.add_argument("--input-size", type=positive_int, default=256, help="input features (default 256)")
+    p.add_argument("--hidden-size", type=positive_int, default=256, help="hidden units (default 256)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "rnn.json"))
     args = p.parse_args(argv)
-    if min(args.repeats, args.block, args.batch_size, args.num_steps, args.input_size, args.hidden) < 1:
-        p.error("all sizes, --repeats and --block must be >= 1")
-    if args.pause < 0:
-        p.error("--pause must be >= 0")
     import torch
 
     threads = blas_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    x = rng.standard_normal((args.num_steps, args.batch_size, args.input_size)).astype(np.float32)
-    dout = rng.standard_normal((args.num_steps, args.batch_size, args.hidden)).astype(np.float32)
+    x = rng.standard_normal((args.seq_len, args.batch_size, args.input_size)).astype(np.float32)
+    dout = rng.standard_normal((args.seq_len, args.batch_size, args.hidden_size)).astype(np.float32)
 
-    steps = {"numpy": numpy_step(x, dout, args.hidden, args.seed)}
+    steps = {"numpy": numpy_step(x, dout, args.hidden_size, args.seed)}
     scratch_path = ROOT / "05-rnns" / "lstm_torch.py"
     if scratch_path.exists():
         steps["scratch"] = torch_step(
-            import_script("05-rnns/lstm_torch.py").LSTM(args.input_size, args.hidden), x, dout
+            import_script("05-rnns/lstm_torch.py").LSTM(args.input_size, args.hidden_size), x, dout
         )
     else:
         print("05-rnns/lstm_torch.py not found: the from-scratch torch LSTM is not timed")
-    lstm = torch.nn.LSTM(args.input_size, args.hidden)
+    lstm = torch.nn.LSTM(args.input_size, args.hidden_size)
     steps["torch"] = torch_step(lstm, x, dout)
     steps["aten"] = torch_step(lstm, x, dout, onednn=False)
 
     print(
-        f"rnn: LSTM forward + BPTT, batch {args.batch_size}, {args.num_steps} steps, input {args.input_size}, "
-        f"hidden {args.hidden}, 1 layer, float32, median of {args.repeats} rounds x {args.block} calls"
+        f"rnn: LSTM forward + BPTT, batch {args.batch_size}, {args.seq_len} steps, input {args.input_size}, "
+        f"hidden {args.hidden_size}, 1 layer, float32, median of {args.repeats} rounds x {args.block} calls"
     )
     print(
         f"machine: {platform.processor() or platform.machine()}, {threads} BLAS / torch threads; "

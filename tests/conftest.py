@@ -119,3 +119,26 @@ def server(tmp_path):
     srv = LocalServer(root)
     yield srv
     srv.close()
+
+
+@pytest.fixture
+def missing_data_error(tmp_path, monkeypatch):
+    """``missing_data_error(main)``: run ``main(["--smoke", ...])`` with no dataset anywhere (an empty
+    ARC_DATA_DIR and download cache, no network) and return its one-line ``error: ...`` exit message.
+
+    A script must answer missing data with that message (SystemExit with a string), never a traceback.
+    """
+    import data.files
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("ARC_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr(data.files, "CACHE_DIR", tmp_path / "cache")
+
+    def run(main):
+        with pytest.raises(SystemExit) as exc:
+            main(["--smoke", "--out-dir", str(tmp_path / "out")])
+        message = exc.value.code
+        assert isinstance(message, str) and message.startswith("error: ") and "ARC_DATA_DIR" in message
+        return message
+
+    return run

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data import preprocess_timemachine, timemachine, tinyshakespeare, tokenize
+from data import preprocess_timemachine, ptb, timemachine, tinyshakespeare, tokenize
 from data.bpe import BPETokenizer, PairCounts, count_pairs, pretokenize
 
 FEW = settings(max_examples=200, deadline=None)
@@ -72,7 +72,20 @@ def test_round_trip_multilingual_and_line_endings():
 
 def test_pretokenizer_chunks():
     assert pretokenize("Hello, world!  It's 1895...\r\n  a_b") == [
-        "Hello", ",", " world", "!", " ", " It", "'s", " 1895", "...", "\r\n ", " a", "_", "b"]
+        "Hello",
+        ",",
+        " world",
+        "!",
+        " ",
+        " It",
+        "'s",
+        " 1895",
+        "...",
+        "\r\n ",
+        " a",
+        "_",
+        "b",
+    ]
     assert pretokenize("a   b") == ["a", "  ", " b"]
     assert pretokenize(" Größe 東京😀") == [" Größe", " 東京", "😀"]
 
@@ -84,8 +97,16 @@ def test_lesson_merges_on_sennrichs_toy_dictionary(lesson):
     """The ten merges of the paper's Algorithm 1 dictionary, by hand (see bpe_numpy.py's docstring)."""
     merges, n_symbols = lesson.learn_bpe(lesson.word_freqs_to_vocab(lesson.TOY_VOCAB), 10)
     assert merges == [
-        ("e", "s"), ("es", "t"), ("est", "</w>"), ("l", "o"), ("lo", "w"),
-        ("e", "w"), ("ew", "est</w>"), ("n", "ewest</w>"), ("low", "</w>"), ("d", "est</w>"),
+        ("e", "s"),
+        ("es", "t"),
+        ("est", "</w>"),
+        ("l", "o"),
+        ("lo", "w"),
+        ("e", "w"),
+        ("ew", "est</w>"),
+        ("n", "ewest</w>"),
+        ("low", "</w>"),
+        ("d", "est</w>"),
     ]
     # symbols: 4*5 + 6*2 + 7*6 + 7*3 = 95; each merge removes its count (9 9 9 7 7 6 6 6 5 3)
     assert n_symbols == [95, 86, 77, 68, 61, 54, 48, 42, 36, 31, 28]
@@ -235,3 +256,25 @@ def test_smoke_run(lesson, tmp_path):
     assert 0.5 < m["timetraveller_ngrams_shared"] < 1
     assert json.loads((tmp_path / "metrics.json").read_text())["merges"] == 100
     assert (tmp_path / "bpe_merges.png").stat().st_size > 10_000
+
+
+def test_corpus_text_reads_each_corpus(lesson):
+    """The raw text of the byte-level round trip, for each --corpus (PTB: its training split)."""
+    assert lesson.corpus_text("timemachine") == timemachine()
+    assert lesson.corpus_text("tinyshakespeare") == tinyshakespeare()
+    assert lesson.corpus_text("ptb") == ptb("train")
+
+
+def test_bad_flags_exit_2(lesson, tmp_path, capsys):
+    for argv in [["--merges", "0"], ["--merges", "x"], ["--seed", "-1"], ["--corpus", "wiki"]]:
+        with pytest.raises(SystemExit) as exc:
+            lesson.main([*argv, "--smoke", "--out-dir", str(tmp_path)])
+        assert exc.value.code == 2, argv
+        assert argv[0] in capsys.readouterr().err, argv
+
+
+def test_missing_data_is_a_one_line_error(lesson, missing_data_error):
+    """No corpus anywhere (an empty ARC_DATA_DIR and download cache, no network): `error: ...` naming the
+    file and ARC_DATA_DIR, as SystemExit, not a DataError traceback."""
+    message = missing_data_error(lesson.main)
+    assert "timemachine.txt" in message

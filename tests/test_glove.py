@@ -32,8 +32,12 @@ def gt(load_script):
 def random_problem(seed=0, V=7, dim=4, B=40):
     """Random float64 parameters and a batch of B entries whose i and j repeat, x on both sides of x_max."""
     rng = np.random.default_rng(seed)
-    params = {"W": rng.standard_normal((V, dim)), "Wt": rng.standard_normal((V, dim)),
-              "b": rng.standard_normal(V), "bt": rng.standard_normal(V)}
+    params = {
+        "W": rng.standard_normal((V, dim)),
+        "Wt": rng.standard_normal((V, dim)),
+        "b": rng.standard_normal(V),
+        "bt": rng.standard_normal(V),
+    }
     i, j = rng.integers(0, V, B), rng.integers(0, V, B)
     x = np.exp(rng.uniform(-3, 7, B))  # 0.05 .. 1100: below and above x_max = 100
     x[:3] = [100.0, 0.5, 250.0]
@@ -77,8 +81,12 @@ def test_torch_loss_matches_numpy(gn, gt):
     out = model.loss(torch.from_numpy(i), torch.from_numpy(j), torch.from_numpy(x))
     out.backward()
     assert rel_error(out.detach(), np.array(loss)) <= 1e-12
-    for name, got in [("W", model.W.weight.grad), ("Wt", model.Wt.weight.grad), ("b", model.b.grad),
-                      ("bt", model.bt.grad)]:
+    for name, got in [
+        ("W", model.W.weight.grad),
+        ("Wt", model.Wt.weight.grad),
+        ("b", model.b.grad),
+        ("bt", model.bt.grad),
+    ]:
         assert rel_error(got, grads[name]) <= TOL, name
     assert rel_error(model.word_vectors(), params["W"] + params["Wt"]) == 0
 
@@ -123,9 +131,13 @@ def brute_force(sentences, V, window):
 
 def test_cooccurrence_numpy_small_example(gn):
     X = gn.cooccurrence(np.array([0, 1, 2, 0]), 3, window=2)
-    want = np.array([[0.0, 1.0 + 0.5, 0.5 + 1.0],  # 0-1 at d 1 and (the last 0) d 2; 0-2 at d 2 and d 1
-                     [1.5, 0.0, 1.0],
-                     [1.5, 1.0, 0.0]])
+    want = np.array(
+        [
+            [0.0, 1.0 + 0.5, 0.5 + 1.0],  # 0-1 at d 1 and (the last 0) d 2; 0-2 at d 2 and d 1
+            [1.5, 0.0, 1.0],
+            [1.5, 1.0, 0.0],
+        ]
+    )
     assert np.array_equal(X, want)
     i, j, x = gn.nonzero_entries(X)
     assert len(x) == 6 and np.all(x > 0) and np.array_equal(X[i, j], x)
@@ -165,8 +177,16 @@ def test_cooccurrence_torch_matches_brute_force(gt, window):
 def test_cooccurrence_torch_stops_at_sentence_ends(gt, gn):
     i, j, x = gt.cooccurrence([np.array([1, 2]), np.array([3]), np.array([4, 5, 1])], 6, window=5)
     pairs = {(a, b): w for a, b, w in zip(i.tolist(), j.tolist(), x.tolist())}
-    assert pairs == {(1, 2): 1.0, (2, 1): 1.0, (4, 5): 1.0, (5, 4): 1.0, (5, 1): 1.0, (1, 5): 1.0,
-                     (4, 1): 0.5, (1, 4): 0.5}
+    assert pairs == {
+        (1, 2): 1.0,
+        (2, 1): 1.0,
+        (4, 5): 1.0,
+        (5, 4): 1.0,
+        (5, 1): 1.0,
+        (1, 5): 1.0,
+        (4, 1): 0.5,
+        (1, 4): 0.5,
+    }
     # one sentence: the two builders agree
     s = np.random.default_rng(3).integers(0, 8, 80)
     i, j, x = gt.cooccurrence([s], 8, 4)
@@ -213,8 +233,14 @@ def test_adagrad_first_step_by_hand(gn):
 def toy_embedding():
     """Axes: royal, male, female, fruit. <unk> gets king's vector: the helpers must never return it."""
     vocab = Vocab(["king"] * 5 + ["queen"] * 4 + ["man"] * 3 + ["woman"] * 2 + ["apple"])
-    vecs = {"<unk>": [1, 1, 0, 0], "king": [1, 1, 0, 0], "queen": [1, 0, 1, 0], "man": [0, 1, 0, 0],
-            "woman": [0, 0, 1, 0], "apple": [0, 0, 0, 1]}
+    vecs = {
+        "<unk>": [1, 1, 0, 0],
+        "king": [1, 1, 0, 0],
+        "queen": [1, 0, 1, 0],
+        "man": [0, 1, 0, 0],
+        "woman": [0, 0, 1, 0],
+        "apple": [0, 0, 0, 1],
+    }
     E = np.zeros((len(vocab), 4))
     for w, v in vecs.items():
         E[vocab.token_to_idx[w]] = v
@@ -298,7 +324,7 @@ def test_glove_torch_smoke(gt, tmp_path):
 
 
 def test_glove_torch_deterministic(gt, tmp_path):
-    flags = ["--smoke", "--sentences", "400", "--epochs", "1", "--dim", "8"]
+    flags = ["--smoke", "--max-sentences", "400", "--epochs", "1", "--embed-dim", "8"]
     a = gt.main([*flags, "--out-dir", str(tmp_path / "a")])
     b = gt.main([*flags, "--out-dir", str(tmp_path / "b")])
     assert a["history"]["loss"] == b["history"]["loss"] and a["neighbours"] == b["neighbours"]
@@ -307,10 +333,41 @@ def test_glove_torch_deterministic(gt, tmp_path):
 @pytest.mark.parametrize("script", ["gn", "gt"])
 def test_bad_flags_and_unknown_probe_exit_2(script, request, tmp_path, capsys):
     m = request.getfixturevalue(script)
-    for argv in [["--dim", "0"], ["--lr", "-1"], ["--window", "0"]]:
+    cases = [
+        ["--embed-dim", "0"],
+        ["--lr", "-1"],
+        ["--lr", "nan"],
+        ["--window", "0"],
+        ["--x-max", "0"],
+        ["--x-alpha", "inf"],
+        ["--batch-size", "0"],
+        ["--epochs", "0"],
+        ["--seed", "-1"],
+    ]
+    for argv in cases:
         with pytest.raises(SystemExit) as exc:
             m.main([*argv, "--smoke", "--out-dir", str(tmp_path)])
-        assert exc.value.code == 2
+        assert exc.value.code == 2, argv
+        assert argv[0] in capsys.readouterr().err, argv
     with pytest.raises(SystemExit) as exc:
         m.main(["--smoke", "--probes", "night,zyzzyva", "--out-dir", str(tmp_path)])
     assert exc.value.code == 2 and "'zyzzyva'" in capsys.readouterr().err
+
+
+def test_glove_torch_unavailable_device_exits_2_before_counting(gt, tmp_path, capsys, monkeypatch):
+    """--device cuda on a machine without one: exit 2 right after parsing (it once came as a traceback
+    after the counting); PTB is never read."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gt, "ptb", lambda *a, **k: pytest.fail("PTB read before the device was checked"))
+    with pytest.raises(SystemExit) as exc:
+        gt.main(["--device", "cuda", "--smoke", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 2 and "--device cuda: not available on this machine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script,file", [("gn", "timemachine.txt"), ("gt", "ptb")])
+def test_missing_data_is_a_one_line_error(script, file, request, missing_data_error):
+    """No corpus anywhere (an empty ARC_DATA_DIR and download cache, no network): `error: ...` naming the
+    file and ARC_DATA_DIR, as SystemExit, not a DataError traceback."""
+    m = request.getfixturevalue(script)
+    message = missing_data_error(m.main)
+    assert file in message

@@ -221,11 +221,97 @@ def test_resume_continues_exactly(mods, tmp_path):
     assert exc.value.code == 2
 
 
-def test_bad_flags_exit_2(mods, tmp_path):
-    for argv in [["--hidden", "0"], ["--dropout", "1"], ["--corpus", "ptb"], ["--lr", "-1"]]:
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "BiLSTM"])
+def test_bad_flags_exit_2(mods, kind, tmp_path, capsys, monkeypatch):
+    """Bad values exit 2 naming the flag (lstm_torch once answered --lr nan with a traceback), and so does a
+    device this machine lacks, before any data is read."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cases = [
+        ["--hidden-size", "0"],
+        ["--dropout", "1"],
+        ["--lr", "-1"],
+        ["--lr", "nan"],
+        ["--lr", "inf"],
+        ["--lr", "0"],
+        ["--batch-size", "0"],
+        ["--epochs", "0"],
+        ["--layers", "0"],
+        ["--clip", "-1"],
+    ]
+    if kind != "BiLSTM":
+        cases += [
+            ["--corpus", "ptb"],
+            ["--seq-len", "0"],
+            ["--embed-dim", "0"],
+            ["--steps-per-epoch", "0"],
+            ["--top-k", "-1"],
+            ["--temperature", "0"],
+        ]
+    for argv in cases:
         with pytest.raises(SystemExit) as exc:
-            mods["LSTM"].main([*argv, "--smoke", "--out-dir", str(tmp_path)])
-        assert exc.value.code == 2
+            mods[kind].main([*argv, "--smoke", "--out-dir", str(tmp_path)])
+        assert exc.value.code == 2, argv
+        assert argv[0] in capsys.readouterr().err, argv
+    load = "load_data" if kind == "BiLSTM" else "load_corpus"
+    monkeypatch.setattr(mods[kind], load, lambda *a, **k: pytest.fail("data loaded before the device was checked"))
+    with pytest.raises(SystemExit) as exc:
+        mods[kind].main(["--device", "cuda", "--smoke", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 2 and "--device cuda: not available on this machine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "BiLSTM"])
+def test_missing_data_is_a_one_line_error(mods, kind, missing_data_error):
+    """No corpus anywhere (an empty ARC_DATA_DIR and download cache, no network): `error: ...` naming
+    ARC_DATA_DIR, as SystemExit, not a DataError traceback."""
+    missing_data_error(mods[kind].main)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_ctrl_c_and_resume_with_other_settings(mods, kind, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (KeyboardInterrupt) in epoch 2: exit 130, no traceback, the checkpoint's path and the command
+    that resumes; a resume with other settings: exit 2 in one line naming each differing flag with both
+    values, the checkpoint untouched; the printed command then finishes the run."""
+    mod = mods[kind]
+    out = tmp_path / "run"
+    argv = ["--smoke", "--epochs", "2", "--steps-per-epoch", "2", "--sample-len", "5", "--out-dir", str(out)]
+    real_stream, calls = mod.batch_stream, []
+
+    def interrupted_stream(*args, **kwargs):  # epoch k asks for its batches once: Ctrl-C as epoch 2 starts
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real_stream(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "batch_stream", interrupted_stream)
+    interrupt_at = 1  # before anything is saved: no checkpoint, so the command starts again
+    with pytest.raises(SystemExit) as exc:
+        mod.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 130 and "nothing saved" in err and "--resume" not in err and "Traceback" not in err
+    calls.clear()
+    interrupt_at = 2
+    with pytest.raises(SystemExit) as exc:
+        mod.main(argv)
+    err = capsys.readouterr().err
+    ckpt = out / "checkpoint.pt"
+    assert exc.value.code == 130 and "Traceback" not in err
+    assert f"{ckpt} holds epoch 1" in err
+    command = err.strip().splitlines()[-1].split()
+    assert command[:2] == ["python", f"05-rnns/{SCRIPTS[kind].split('/')[1]}"] and command[-1] == "--resume"
+    assert command[2:-1] == argv
+
+    saved = ckpt.read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        mod.main([*argv, "--resume", "--hidden-size", "32", "--seed", "5"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "--hidden-size 64 -> 32" in err and "--seed 0 -> 5" in err and str(ckpt) in err
+    assert "--epochs" not in err  # a resume may run longer
+    assert ckpt.read_bytes() == saved
+
+    monkeypatch.setattr(mod, "batch_stream", real_stream)
+    m = mod.main(command[2:])  # the printed command finishes the run
+    assert len(m["history"]["val_ppl"]) == 2
 
 
 def test_birnn_smoke(mods, tmp_path):

@@ -60,8 +60,10 @@ def reference_loss(model, objective, Vt, Ut, center, ctx, out_words, tree):
 
 def batch_words(batch):
     """The (positive words, noise words) of each row of a negative-sampling Batch, read off its sign and mask."""
-    return [([int(o) for o, s, m in zip(*r) if m and s > 0], [int(o) for o, s, m in zip(*r) if m and s < 0])
-            for r in zip(batch.out_idx, batch.sign, batch.mask)]
+    return [
+        ([int(o) for o, s, m in zip(*r) if m and s > 0], [int(o) for o, s, m in zip(*r) if m and s < 0])
+        for r in zip(batch.out_idx, batch.sign, batch.mask)
+    ]
 
 
 @pytest.mark.parametrize("model,objective", COMBOS)
@@ -84,8 +86,9 @@ def test_gradients_match_autograd(w2v, model, objective):
         np.add.at(dense[name], idx, g)
 
     Vt, Ut = (torch.tensor(a, requires_grad=True) for a in (V, U))
-    ref = reference_loss(model, objective, Vt, Ut, center, ctx, batch_words(batch) if objective == "neg" else None,
-                         tree)
+    ref = reference_loss(
+        model, objective, Vt, Ut, center, ctx, batch_words(batch) if objective == "neg" else None, tree
+    )
     ref.backward()
     assert abs(loss - ref.item()) <= 1e-12 * abs(ref.item())
     assert rel_error(dense["V"], Vt.grad) <= 1e-7
@@ -118,7 +121,7 @@ def brute_force_min_expected_length(counts):
     exactly the lengths of some prefix code, so this is the optimum over all prefix codes."""
     n = len(counts)
     L = np.array(list(itertools.product(range(1, n), repeat=n)))  # (n-1)^n length vectors
-    ok = (2.0 ** -L).sum(axis=1) <= 1 + 1e-12
+    ok = (2.0**-L).sum(axis=1) <= 1 + 1e-12
     return (L[ok] @ np.asarray(counts)).min()
 
 
@@ -140,8 +143,9 @@ def check_tree(tree, counts):
     return codes
 
 
-@pytest.mark.parametrize("counts", [[5, 1, 1, 2, 3, 8], [1, 1, 1, 1], [10, 1], [3, 3, 2, 2, 1, 7, 1],
-                                    [45, 13, 12, 16, 9, 5]])
+@pytest.mark.parametrize(
+    "counts", [[5, 1, 1, 2, 3, 8], [1, 1, 1, 1], [10, 1], [3, 3, 2, 2, 1, 7, 1], [45, 13, 12, 16, 9, 5]]
+)
 def test_huffman_codes_are_prefix_free_and_optimal(w2v, counts):
     tree = w2v.huffman_tree(np.array(counts))
     check_tree(tree, counts)
@@ -214,6 +218,7 @@ def test_negatives_in_batches_are_fresh(w2v):
 
 def test_similarity_and_analogy(w2v):
     """Hand-made vectors: neighbours by cosine, the analogy by b - a + c, unknown words named in the error."""
+
     class Vocab:
         idx_to_token = ["<unk>", "king", "queen", "man", "woman", "apple"]
         token_to_idx = {t: i for i, t in enumerate(idx_to_token)}
@@ -261,3 +266,25 @@ def test_too_few_sentences_is_a_clear_error(w2v, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         w2v.main(["--smoke", "--max-sentences", "20", "--out-dir", str(tmp_path)])
     assert exc.value.code == 2 and "too few to train on" in capsys.readouterr().err
+
+
+def test_bad_flags_exit_2(w2v, tmp_path, capsys):
+    """Bad numbers fail in argparse with exit 2, naming the flag, before any data is read."""
+    for argv, flag in [
+        (["--embed-dim", "0"], "--embed-dim"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "0"], "--lr"),
+        (["--num-noise", "-1"], "--num-noise"),
+        (["--max-sentences", "1"], "--max-sentences"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            w2v.main([*argv, "--smoke", "--out-dir", str(tmp_path)])
+        assert exc.value.code == 2, argv
+        assert flag in capsys.readouterr().err
+
+
+def test_missing_data_is_a_one_line_error(w2v, missing_data_error):
+    """No PTB anywhere (an empty ARC_DATA_DIR and download cache, no network): `error: ...` naming the file
+    and ARC_DATA_DIR, raised as SystemExit, not a DataError traceback."""
+    message = missing_data_error(w2v.main)
+    assert "ptb" in message

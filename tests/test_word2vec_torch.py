@@ -79,8 +79,10 @@ def test_skipgram_forward_equals_loop(w2v):
     center, ctx_neg, _, _ = random_batch(torch.Generator().manual_seed(2))
     s = model(center, ctx_neg)
     V, U = model.V.weight.detach(), model.U.weight.detach()
-    loop = torch.tensor([[float(U[ctx_neg[b, j]] @ V[center[b]]) for j in range(ctx_neg.shape[1])]
-                         for b in range(len(center))], dtype=torch.float64)
+    loop = torch.tensor(
+        [[float(U[ctx_neg[b, j]] @ V[center[b]]) for j in range(ctx_neg.shape[1])] for b in range(len(center))],
+        dtype=torch.float64,
+    )
     assert s.shape == ctx_neg.shape
     assert rel_error(s, loop) <= TOL
     assert rel_error(s, torch.einsum("bd,bld->bl", V[center], U[ctx_neg])) <= TOL
@@ -119,8 +121,11 @@ def test_padding_changes_neither_loss_nor_gradients(w2v):
     other_idx = torch.where(pad, torch.randint(1, 20, ctx_neg.shape, generator=gen), ctx_neg)
     other_label = torch.where(pad, torch.randint(0, 2, label.shape, generator=gen).double(), label)
     other_scores = torch.where(pad, 1e3 * torch.randn(mask.shape, generator=gen, dtype=torch.float64), 0.0)
-    for changed in [loss_and_grads(other_idx, label), loss_and_grads(ctx_neg, other_label),
-                    loss_and_grads(other_idx, other_label, other_scores)]:
+    for changed in [
+        loss_and_grads(other_idx, label),
+        loss_and_grads(ctx_neg, other_label),
+        loss_and_grads(other_idx, other_label, other_scores),
+    ]:
         for a, b in zip(changed, ref):
             assert rel_error(a, b) <= TOL
     assert ref[2][0].abs().max() == 0  # index 0, where the padding points, gets no gradient
@@ -134,8 +139,10 @@ def test_gradients_match_weighted_bce_through_the_model(w2v):
         model.U.weight.normal_()
     center, ctx_neg, mask, label = random_batch(torch.Generator().manual_seed(7))
     grads = []
-    for fn in [w2v.sgns_loss,
-               lambda s, y, m: F.binary_cross_entropy_with_logits(s, y, weight=m, reduction="sum") / m.sum()]:
+    for fn in [
+        w2v.sgns_loss,
+        lambda s, y, m: F.binary_cross_entropy_with_logits(s, y, weight=m, reduction="sum") / m.sum(),
+    ]:
         model.zero_grad()
         fn(model(center, ctx_neg), label, mask).backward()
         grads.append((model.V.weight.grad.clone(), model.U.weight.grad.clone()))
@@ -151,8 +158,15 @@ def toy():
     """A vocabulary of 7 words and vectors built so that the answers are known."""
     vocab = Vocab(["king", "queen", "man", "woman", "apple", "pear", "car"])
     royal, female, fruit = np.eye(4)[0], np.eye(4)[1], np.eye(4)[2]
-    vec = {"king": 2 * royal, "queen": 2 * royal + female, "man": np.eye(4)[3], "woman": np.eye(4)[3] + female,
-           "apple": fruit, "pear": fruit + 0.1 * royal, "car": -fruit}
+    vec = {
+        "king": 2 * royal,
+        "queen": 2 * royal + female,
+        "man": np.eye(4)[3],
+        "woman": np.eye(4)[3] + female,
+        "apple": fruit,
+        "pear": fruit + 0.1 * royal,
+        "car": -fruit,
+    }
     W = np.zeros((len(vocab), 4))
     for w, x in vec.items():
         W[vocab.token_to_idx[w]] = x
@@ -220,17 +234,36 @@ def test_smoke_training_on_ptb(w2v, tmp_path):
 def test_same_seed_same_numbers(w2v, tmp_path):
     """Two runs with one seed: identical losses; another seed: different ones."""
     flags = ["--smoke", "--epochs", "1", "--max-sentences", "800", "--probes", "the,of"]
-    runs = [w2v.main([*flags, "--seed", str(seed), "--out-dir", str(tmp_path / str(i))])
-            for i, seed in enumerate([3, 3, 4])]
+    runs = [
+        w2v.main([*flags, "--seed", str(seed), "--out-dir", str(tmp_path / str(i))]) for i, seed in enumerate([3, 3, 4])
+    ]
     assert runs[0]["history"] == {**runs[1]["history"], "epoch_s": runs[0]["history"]["epoch_s"]}
     assert runs[0]["neighbours"] == runs[1]["neighbours"]
     assert runs[0]["final_train_loss"] != runs[2]["final_train_loss"]
 
 
-def test_bad_input_exits_with_a_clear_message(w2v, tmp_path, capsys):
-    for argv, words in [(["--probes", "the,notaword"], "'notaword'"), (["--embed-size", "0"], "--embed-size"),
-                        (["--lr", "-1"], "--lr"), (["--device", "tpu"], "tpu")]:
+def test_bad_input_exits_with_a_clear_message(w2v, tmp_path, capsys, monkeypatch):
+    """Exit 2 naming the flag: bad numbers in argparse, a device this machine lacks before any data is read."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cases = [
+        (["--probes", "the,notaword"], "'notaword'"),
+        (["--embed-dim", "0"], "--embed-dim"),
+        (["--window", "0"], "--window"),
+        (["--lr", "-1"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--t", "1"], "--t"),
+        (["--device", "tpu"], "tpu"),
+        (["--device", "cuda"], "--device cuda: not available"),
+    ]
+    for argv, words in cases:
         with pytest.raises(SystemExit) as exc:
             w2v.main([*argv, "--smoke", "--max-sentences", "300", "--out-dir", str(tmp_path)])
-        assert exc.value.code == 2
+        assert exc.value.code == 2, argv
         assert words in capsys.readouterr().err
+
+
+def test_missing_data_is_a_one_line_error(w2v, missing_data_error):
+    """No PTB anywhere (an empty ARC_DATA_DIR and download cache, no network): `error: ...` naming the file
+    and ARC_DATA_DIR, raised as SystemExit, not a DataError traceback."""
+    message = missing_data_error(w2v.main)
+    assert "ptb" in message
