@@ -9,19 +9,13 @@ whose root takes the place of the learning rate (t counts steps from 1; s_0 = u_
     u_t = rho * u_{t-1} + (1 - rho) * d_t^2                        leaky mean of the squared updates
     theta_t = theta_{t-1} - lr * d_t                               lr = 1 in the paper
 
-Why, after RMSProp: in RMSProp's step lr * g / RMS[g] the ratio g / RMS[g] is a pure number, so lr
-alone carries the parameters' units and must be tuned for each problem. A Newton step H^-1 g does
-have the parameters' units, and from dtheta = H^-1 g one reads H^-1 = dtheta / g (Zeiler's "Idea 2").
-Adadelta estimates that ratio per coordinate by the RMS of recent updates over the RMS of recent
-gradients; the numerator lags one step (u_{t-1}) because d_t is not known yet. No global rate is left
-to tune, and as both averages forget, the rate does not decay to zero as Adagrad's does.
-What it still gets wrong: eps sets the scale. With u_0 = 0 the first step is at most
-sqrt(eps / (1 - rho)), about 3e-3, per coordinate, and steps grow only as u accumulates them: eps is
-the initial learning rate in disguise. No bias correction, no momentum: Adam (next) fixes these.
+Why, after RMSProp: in lr * g / RMS[g] the ratio is a pure number, so lr alone carries the units.
+A Newton step H^-1 g has the parameters' units, and dtheta = H^-1 g gives H^-1 = dtheta / g: Adadelta
+estimates that ratio by RMS[update] / RMS[g], so no global rate is left to tune. What it still gets
+wrong: eps sets the first steps (about sqrt(eps / (1 - rho)) = 3e-3); no bias correction, no momentum.
 
-Reading: M. D. Zeiler (2012), "ADADELTA: An Adaptive Learning Rate Method", https://arxiv.org/abs/1212.5701
-(Algorithm 1); d2l 12.9 "Adadelta", https://d2l.ai/chapter_optimization/adadelta.html. Update rule and
-defaults (rho = 0.9) as torch.optim.Adadelta (see docs/references.md).
+Reading: Zeiler (2012), "ADADELTA: An Adaptive Learning Rate Method", https://arxiv.org/abs/1212.5701;
+d2l 12.9. Update rule and defaults as torch.optim.Adadelta (see docs/references.md).
 Arc: Optimization -- Adadelta in NumPy on Fashion-MNIST.
 
 Run:  python 02-optimization/adadelta_numpy.py [--lr 1.0 --rho 0.9 --eps 1e-6 --batch-size 128 --epochs 10]

@@ -9,14 +9,11 @@ A second leaky average, of squared updates, takes the place of RMSProp's learnin
     u_t = rho * u_{t-1} + (1 - rho) * d_t^2                   leaky mean of the squared updates
     theta_t = theta_{t-1} - lr * d_t                          lr = 1 in the paper
 
-Why the ratio of two RMS values replaces the learning rate, and why eps then sets the first steps:
-adadelta_numpy.py.
-
-State: each parameter's s and u live in `self.state[p]`, created at its first step; the base class's
-`state_dict()` and `load_state_dict()` save and restore them, so a resumed run continues exactly.
+Why the ratio of two RMS values replaces the learning rate: adadelta_numpy.py.
+Each parameter's s and u live in `self.state[p]`, which `state_dict()` saves, so a run resumes exactly.
 
 Reading: Zeiler (2012), "ADADELTA: An Adaptive Learning Rate Method", https://arxiv.org/abs/1212.5701;
-d2l 12.9, https://d2l.ai/chapter_optimization/adadelta.html. As torch.optim.Adadelta.
+d2l 12.9. As torch.optim.Adadelta.
 Arc: Optimization -- Adadelta in PyTorch on Fashion-MNIST.
 
 Run:  python 02-optimization/adadelta_torch.py [--lr 1.0 --rho 0.9 --batch-size 128 --epochs 10 --device auto]

@@ -8,27 +8,18 @@ steps from 1):
     s_t = s_{t-1} + g_t^2                                          (s_0 = 0)
     theta_t = theta_{t-1} - lr * g_t / (sqrt(s_t) + eps)
 
-Why: momentum and Nesterov move every coordinate with one lr, which must suit those with the
-largest gradients, so coordinates with small or rare gradients (a seldom non-zero feature, a rare
-word's embedding) barely move. Dividing by sqrt(s_t) gives coordinates with large or frequent
-gradients small steps and keeps large ones for the rarely active: strong on sparse features. It
-also puts lr in the parameters' units: the first step moves every coordinate by +-lr, whatever
-the gradient's scale (eps only keeps 0/0 away from coordinates that have had no gradient yet, so
-this class requires eps > 0, where torch accepts 0).
-What it gets wrong: s only grows, so lr / sqrt(s_t) falls like 1/sqrt(t) and never recovers. That
-suits convex problems, but in a deep net the steps dwindle before a good solution is reached.
-RMSProp (next) replaces the sum by a leaky average, so old gradients are forgotten.
+Why, after momentum: one lr for every coordinate must suit the largest gradients, so coordinates
+with small or rare gradients (a rare word's embedding) barely move. Dividing by sqrt(s_t) makes the
+first step +-lr in every coordinate, whatever the gradient's scale, and keeps larger steps for the
+rarely active. What it gets wrong: s only grows, so the steps decay like 1/sqrt(t) (RMSProp, next).
 
-Reading: J. Duchi, E. Hazan, Y. Singer (2011), "Adaptive Subgradient Methods for Online Learning and
-Stochastic Optimization", JMLR 12, https://jmlr.org/papers/v12/duchi11a.html (the diagonal variant);
-d2l 12.7 "Adagrad", https://d2l.ai/chapter_optimization/adagrad.html. Update rule as torch.optim.Adagrad
-with lr_decay=0 and initial_accumulator_value=0 (see docs/references.md).
+Reading: Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning and Stochastic
+Optimization", https://jmlr.org/papers/v12/duchi11a.html; d2l 12.7. As torch.optim.Adagrad (lr_decay 0).
 Arc: Optimization -- Adagrad in NumPy on Fashion-MNIST.
 
 Run:  python 02-optimization/adagrad_numpy.py [--lr 0.01 --batch-size 128 --epochs 10]
       python 02-optimization/adagrad_numpy.py --smoke
-Look first at `Adagrad.step`, then compare the epoch losses with minibatch_sgd_numpy.py's, early
-and late: Adagrad's steps shrink, SGD's do not.
+Look first at `Adagrad.step`, then compare the epoch losses with minibatch_sgd_numpy.py's, early and late.
 """
 
 # %%

@@ -7,17 +7,11 @@ Each coordinate's step is lr divided by the root of the sum of its squared gradi
     s_t = s_{t-1} + g_t^2                            (s_0 = 0)
     theta_t = theta_{t-1} - lr * g_t / (sqrt(s_t) + eps)
 
-Why, and what it gets wrong (s only grows, so the steps decay like 1/sqrt(t)): adagrad_numpy.py. eps only
-keeps 0/0 away from coordinates with no gradient yet, so this class requires eps > 0, where torch accepts 0.
+Why, and what it gets wrong (s only grows, so the steps decay like 1/sqrt(t)): adagrad_numpy.py.
+The sum is per-parameter state, `self.state[p]["sum"]`: a run resumed from `state_dict()` keeps its rates.
 
-In PyTorch the sum is per-parameter state, `self.state[p]["sum"]` (torch.optim.Adagrad's name),
-created on the first step and saved by `state_dict()`: a resumed run keeps its shrunken rates.
-torch's lr_decay and initial_accumulator_value are left out (both 0 here).
-
-Reading: Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning and
-Stochastic Optimization", JMLR 12, https://jmlr.org/papers/v12/duchi11a.html; d2l 12.7,
-https://d2l.ai/chapter_optimization/adagrad.html. As torch.optim.Adagrad with lr_decay=0,
-initial_accumulator_value=0 (see docs/references.md).
+Reading: Duchi, Hazan & Singer (2011), https://jmlr.org/papers/v12/duchi11a.html; d2l 12.7.
+As torch.optim.Adagrad with lr_decay=0, initial_accumulator_value=0.
 Arc: Optimization -- Adagrad in PyTorch on Fashion-MNIST.
 
 Run:  python 02-optimization/adagrad_torch.py [--lr 0.01 --batch-size 128 --epochs 10 --device auto]

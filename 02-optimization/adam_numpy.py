@@ -9,26 +9,18 @@ Adam keeps two leaky averages per coordinate, of the gradient (momentum's) and o
     mhat_t = m_t / (1 - b1^t),  vhat_t = v_t / (1 - b2^t)          bias corrections
     theta_t = theta_{t-1} - lr * mhat_t / (sqrt(vhat_t) + eps)
 
-Why, after RMSProp and Adadelta: they scale each coordinate by 1 / RMS[g] but step along the raw,
-noisy g_t; Adam steps along the averaged m_t, as momentum does. And their averages start at zero
-uncorrected. Unrolled, m_t = (1 - b1) sum_{i<=t} b1^(t-i) g_i, so for gradients of constant mean
-E[m_t] = (1 - b1^t) E[g]: dividing by 1 - b1^t (and v_t by 1 - b2^t) removes the bias, which matters
-most for v with b2 = 0.999. The first step is then lr * g_1 / (|g_1| + eps), about lr per coordinate,
-and later steps stay of that order: lr is a step size in the parameters' own units.
-What it still gets wrong: once gradients turn small after large ones, v shrinks by b2 per step and
-the effective rate lr / sqrt(vhat) grows fast (Reddi et al. 2018 show Adam can then fail to
-converge; Yogi bounds the change of v). And L2 folded into g is divided by sqrt(vhat) like the rest,
-so it is not weight decay; AdamW decouples it.
+Why, after RMSProp and Adadelta: they scale by 1 / RMS[g] but step along the raw, noisy g_t; Adam
+steps along the averaged m_t, as momentum does. Their averages also start at zero uncorrected: for
+gradients of constant mean E[m_t] = (1 - b1^t) E[g], so dividing by 1 - b1^t (and v_t by 1 - b2^t)
+removes the bias, and the first step is about lr per coordinate instead of RMSProp's 10 lr.
 
-Reading: D. P. Kingma and J. Ba (2015), "Adam: A Method for Stochastic Optimization", ICLR,
-https://arxiv.org/abs/1412.6980 (Algorithm 1); d2l 12.10 "Adam", https://d2l.ai/chapter_optimization/adam.html.
-Update rule as torch.optim.Adam with amsgrad=False (see docs/references.md), not the paper's "eps-hat" form.
+Reading: Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization", https://arxiv.org/abs/1412.6980;
+d2l 12.10. Update rule as torch.optim.Adam (amsgrad=False), not the paper's "eps-hat" form.
 Arc: Optimization -- Adam in NumPy on Fashion-MNIST.
 
 Run:  python 02-optimization/adam_numpy.py [--lr 1e-3 --betas 0.9 0.999 --batch-size 128 --epochs 10]
       python 02-optimization/adam_numpy.py --smoke
-Look first at `Adam.step`: the two moments, then the bias corrections that undo their zero start;
-then at the first steps of loss.png beside rmsprop_numpy.py's.
+Look first at `Adam.step`: the two moments, then the bias corrections that undo their zero start.
 """
 
 # %%
@@ -93,8 +85,7 @@ def loss_and_grads(params, x, y):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999),
-                   help="decays of m and v (default 0.9 0.999)")
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999), help="decays b1 b2 (default 0.9 0.999)")
     p.add_argument("--eps", type=positive_float, default=1e-8, help="added to sqrt(vhat) (default 1e-8)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="L2 penalty in the gradient (default 0)")
     p.add_argument("--epochs", type=positive_int, help="default 10; 1 with --smoke")

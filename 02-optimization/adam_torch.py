@@ -9,15 +9,10 @@ Momentum's leaky average of g and RMSProp's leaky average of g^2, both corrected
     mhat_t = m_t / (1 - b1^t),  vhat_t = v_t / (1 - b2^t)     bias corrections
     theta_t = theta_{t-1} - lr * mhat_t / (sqrt(vhat_t) + eps)
 
-Why momentum plus RMSProp plus bias correction, and what it still gets wrong (Yogi, AdamW): adam_numpy.py.
+Why momentum plus RMSProp plus bias correction: adam_numpy.py. Each parameter's m, v and step count t
+live in `self.state[p]`, which `state_dict()` saves: a resumed run keeps the t the corrections need.
 
-State: each parameter's m, v and step count t live in `self.state[p]`, created at its first step; the
-base class's `state_dict()` and `load_state_dict()` save and restore them, so a resumed run continues
-exactly (t included, which the bias corrections need).
-
-Reading: Kingma and Ba (2015), "Adam: A Method for Stochastic Optimization", ICLR,
-https://arxiv.org/abs/1412.6980 (Algorithm 1); d2l 12.10, https://d2l.ai/chapter_optimization/adam.html.
-As torch.optim.Adam with amsgrad=False (see docs/references.md).
+Reading: Kingma & Ba (2015), https://arxiv.org/abs/1412.6980; d2l 12.10. As torch.optim.Adam.
 Arc: Optimization -- Adam in PyTorch on Fashion-MNIST.
 
 Run:  python 02-optimization/adam_torch.py [--lr 1e-3 --betas 0.9 0.999 --batch-size 128 --epochs 10 --device auto]
@@ -79,8 +74,7 @@ class Adam(torch.optim.Optimizer):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999),
-                   help="decays of m and v (default 0.9 0.999)")
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999), help="decays b1 b2 (default 0.9 0.999)")
     p.add_argument("--eps", type=positive_float, default=1e-8, help="added to sqrt(vhat) (default 1e-8)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="L2 penalty in the gradient (default 0)")
     p.add_argument("--epochs", type=positive_int, help="default 10; 1 with --smoke")

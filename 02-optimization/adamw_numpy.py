@@ -10,21 +10,13 @@ gradient alone. With m_0 = v_0 = 0 and t counting steps from 1:
     mhat_t = m_t / (1 - b1^t),   vhat_t = v_t / (1 - b2^t)          bias corrections
     theta_t = theta' - lr * mhat_t / (sqrt(vhat_t) + eps)
 
-Why, after Adam and Yogi: for plain SGD, adding wd * theta to the gradient (L2 regularisation) and
-shrinking theta by lr * wd * theta (weight decay) are the same step. With an adaptive method they
-are not: the L2 term travels through m and v and is divided by sqrt(vhat), so weight i is pulled
-toward 0 by about lr * wd * theta_i / sqrt(vhat_i). Weights with large gradients are barely
-regularised and weights with tiny gradients are decayed hard. Loshchilov & Hutter decouple the two:
-every weight shrinks by the same factor (1 - lr * wd) a step, and m and v see only the loss.
-What it still gets wrong: the first moment is heavy-ball momentum, the velocity built up so far
-rather than where it is about to carry theta; NAdam, next, adds Nesterov's look-ahead.
+Why, after Adam: for SGD, adding wd * theta to the gradient (L2) and shrinking theta by lr * wd * theta
+are the same step. In Adam the L2 term is divided by sqrt(vhat) with the rest, so weights with large
+gradients are barely regularised and weights with tiny ones are decayed hard. Decoupled, every weight
+shrinks by the same factor (1 - lr * wd) a step, and m and v see only the loss.
 
-Conventions: as torch.optim.AdamW, the decay is multiplied by lr (the paper's Algorithm 2 multiplies
-its lambda by the schedule only: torch's weight_decay is lambda / alpha). Biases are decayed too.
-
-Reading: Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization", ICLR,
-https://arxiv.org/abs/1711.05101; d2l 3.7 "Weight Decay",
-https://d2l.ai/chapter_linear-regression/weight-decay.html, and d2l 12.10 "Adam".
+Reading: Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization", https://arxiv.org/abs/1711.05101;
+d2l 3.7. As torch.optim.AdamW: the decay is multiplied by lr, and biases are decayed too.
 Arc: Optimization -- AdamW (Loshchilov & Hutter 2019) in NumPy on Fashion-MNIST.
 
 Run:  python 02-optimization/adamw_numpy.py [--lr 1e-3 --weight-decay 0.01 --batch-size 128 --epochs 10]
@@ -92,8 +84,7 @@ def loss_and_grads(params, x, y):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999),
-                   help="decays of m and v (default 0.9 0.999)")
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999), help="decays b1 b2 (default 0.9 0.999)")
     p.add_argument("--eps", type=positive_float, default=1e-8, help="added to sqrt(vhat) (default 1e-8)")
     p.add_argument("--weight-decay", type=nonneg_float, default=1e-2, help="decoupled weight decay (default 0.01)")
     p.add_argument("--epochs", type=positive_int, help="default 10; 1 with --smoke")

@@ -10,14 +10,10 @@ alone. With m_0 = v_0 = 0 and t counting steps from 1:
     mhat_t = m_t / (1 - b1^t),   vhat_t = v_t / (1 - b2^t)          bias corrections
     theta_t = theta' - lr * mhat_t / (sqrt(vhat_t) + eps)
 
-Why L2 in the gradient is not weight decay under adaptive scaling: adamw_numpy.py.
+Why L2 in the gradient is not weight decay under adaptive scaling: adamw_numpy.py. State per parameter:
+`step`, `exp_avg` (m) and `exp_avg_sq` (v), saved by `state_dict()`, so a run resumes exactly.
 
-Conventions: as torch.optim.AdamW, the decay is multiplied by lr; biases are decayed too.
-State per parameter: `step` (a plain int), `exp_avg` (m) and `exp_avg_sq` (v), all saved by
-`state_dict()`, so a run resumes exactly.
-
-Reading: Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization", ICLR,
-https://arxiv.org/abs/1711.05101; d2l 3.7, https://d2l.ai/chapter_linear-regression/weight-decay.html.
+Reading: Loshchilov & Hutter (2019), https://arxiv.org/abs/1711.05101; d2l 3.7. As torch.optim.AdamW.
 Arc: Optimization -- AdamW (Loshchilov & Hutter 2019) in PyTorch on Fashion-MNIST.
 
 Run:  python 02-optimization/adamw_torch.py [--lr 1e-3 --weight-decay 0.01 --batch-size 128 --epochs 10 --device auto]
@@ -79,8 +75,7 @@ class AdamW(torch.optim.Optimizer):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999),
-                   help="decays of m and v (default 0.9 0.999)")
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999), help="decays b1 b2 (default 0.9 0.999)")
     p.add_argument("--eps", type=positive_float, default=1e-8, help="added to sqrt(vhat) (default 1e-8)")
     p.add_argument("--weight-decay", type=nonneg_float, default=1e-2, help="decoupled weight decay (default 0.01)")
     p.add_argument("--epochs", type=positive_int, help="default 10; 1 with --smoke")

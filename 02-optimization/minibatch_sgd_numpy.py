@@ -7,11 +7,9 @@ from a random minibatch B of |B| examples,
     g_t = (1/|B|) sum_{i in B} grad_theta loss_i(theta_{t-1})      (+ weight_decay * theta_{t-1})
     theta_t = theta_{t-1} - lr * g_t
 
-The estimate is unbiased and its variance falls as 1/|B|: larger batches give less noisy steps but
-cost more each, smaller ones take more, noisier steps per epoch. A batch of 32-256 keeps the matrix
-products efficient (vectorised, d2l 12.5) while the noise still helps leave sharp minima.
-What it cannot fix, and the next scripts do: one learning rate for every direction, so a valley
-steep one way and flat the other forces a small lr and a slow crawl along the flat side.
+Why: the estimate is unbiased and its variance falls as 1/|B|. A batch of 32-256 keeps the matrix
+products efficient while its noise still helps leave sharp minima. What it cannot fix: one learning
+rate for every direction, so a valley steep one way and flat the other forces a small lr and a crawl.
 
 Reading: d2l 12.5 "Minibatch Stochastic Gradient Descent", https://d2l.ai/chapter_optimization/minibatch-sgd.html;
 UDL (Prince 2023) 6.2. Update rule as torch.optim.SGD with momentum 0 (see docs/references.md).

@@ -5,18 +5,11 @@ Each step estimates the gradient from a random minibatch and moves against it:
     g_t = grad of the minibatch loss at theta_{t-1}  (+ weight_decay * theta_{t-1})
     theta_t = theta_{t-1} - lr * g_t
 
-Why minibatches: the full-batch gradient costs a pass over all data per step; one example per step
-is cheap but noisy and leaves the hardware idle. A minibatch's gradient is unbiased with variance
-falling as 1/|B|, and its matrix products keep vector units busy (d2l 12.5). What it cannot fix,
-and the next scripts do: one learning rate for every direction of a badly conditioned valley.
-
-How a PyTorch optimizer works: `torch.optim.Optimizer` keeps `param_groups` (lists of tensors with
-their hyperparameters) and a per-parameter `state` dict; `step()` reads each `p.grad` (filled by
-`loss.backward()`) and updates `p` in place under `torch.no_grad()`. `state_dict()` and
-`load_state_dict()` come from the base class and save both, so training resumes exactly.
+Why minibatches: minibatch_sgd_numpy.py. A `torch.optim.Optimizer` keeps `param_groups` (tensors with their
+hyperparameters) and a per-parameter `state` dict; `step()` reads each `p.grad` (filled by `loss.backward()`)
+and updates `p` in place under `torch.no_grad()`; `state_dict()` saves both, so training resumes exactly.
 
 Reading: d2l 12.5, https://d2l.ai/chapter_optimization/minibatch-sgd.html; PyTorch docs "torch.optim".
-Update rule as torch.optim.SGD with momentum 0 (see docs/references.md).
 Arc: Optimization -- minibatch gradient descent in PyTorch on Fashion-MNIST.
 
 Run:  python 02-optimization/minibatch_sgd_torch.py [--lr 0.1 --batch-size 128 --epochs 10 --device auto]

@@ -7,27 +7,17 @@ instead of along the latest gradient alone (t counts steps from 1):
     v_t = mu * v_{t-1} + g_t                                       (v_0 = 0, so v_1 = g_1)
     theta_t = theta_{t-1} - lr * v_t
 
-Why: in a valley steep across and flat along, SGD's lr must stay below 2 / (the steep curvature)
-and then crawls along the floor. Unrolled, v_t = g_t + mu g_{t-1} + mu^2 g_{t-2} + ...: across the
-valley the gradient flips sign and the terms cancel, damping the oscillation; along the floor they
-add up to lr/(1-mu) times the gradient (10x for mu = 0.9). On a quadratic momentum is stable up to
-lr = 2(1+mu) / (the steep curvature), so tuned it needs ~sqrt(kappa) steps where gradient descent
-needs ~kappa (kappa: the condition number). Mind the scale: lr 0.01 with mu 0.9 moves as far along
-a steady gradient as plain SGD with lr 0.1.
-What it still gets wrong: the velocity carries the iterate past a minimum before the gradient turns
-it round (Nesterov's look-ahead brakes earlier), and all coordinates share one lr (Adagrad).
+Why, after SGD: unrolled, v_t = g_t + mu g_{t-1} + mu^2 g_{t-2} + ... Across a valley the gradient
+flips sign and the terms cancel, damping the oscillation; along its floor they add up to lr/(1-mu)
+times the gradient (10x for mu = 0.9), so SGD's crawl along the flat direction speeds up.
 
-Reading: B. T. Polyak (1964), "Some methods of speeding up the convergence of iteration methods",
-https://doi.org/10.1016/0041-5553(64)90137-5; Sutskever, Martens, Dahl & Hinton (2013), "On the
-importance of initialization and momentum in deep learning", https://proceedings.mlr.press/v28/sutskever13.html;
-d2l 12.6, https://d2l.ai/chapter_optimization/momentum.html. Update rule as torch.optim.SGD(momentum=mu,
-dampening=0) (see docs/references.md); Sutskever's v = mu*v - lr*g, theta += v is the same at constant lr.
+Reading: Polyak (1964), https://doi.org/10.1016/0041-5553(64)90137-5; Sutskever, Martens, Dahl &
+Hinton (2013), https://proceedings.mlr.press/v28/sutskever13.html; d2l 12.6. As torch.optim.SGD(momentum=mu).
 Arc: Optimization -- momentum in NumPy on Fashion-MNIST.
 
 Run:  python 02-optimization/momentum_numpy.py [--lr 0.01 --momentum 0.9 --batch-size 128 --epochs 10]
       python 02-optimization/momentum_numpy.py --smoke
-Look first at `Momentum.step`; then run minibatch_sgd_numpy.py --lr 0.5 and this script with --lr 0.05
-(the same lr/(1-mu)) and compare which of them survives the larger step.
+Look first at `Momentum.step`; then compare minibatch_sgd_numpy.py --lr 0.5 with this script at --lr 0.05.
 """
 
 # %%

@@ -7,17 +7,11 @@ steps from 1):
     v_t = mu * v_{t-1} + g_t                         (v_0 = 0, so v_1 = g_1)
     theta_t = theta_{t-1} - lr * v_t
 
-Why: gradients that flip sign across a valley cancel in v, those that keep their sign along its floor
-add up to lr/(1-mu) times the gradient; what it still gets wrong: momentum_numpy.py.
+Why (sign-flipping gradients cancel in v, steady ones add up to lr/(1-mu)): momentum_numpy.py.
+The velocity is per-parameter state, `self.state[p]["momentum_buffer"]`, which `state_dict()` saves.
 
-In PyTorch the velocity is per-parameter state: `self.state[p]["momentum_buffer"]` (torch.optim.SGD's
-name for it), created on the first step. `state_dict()` saves it with the hyperparameters, so the
-checkpoint resumes with the velocity it had, not from v = 0.
-
-Reading: Polyak (1964), https://doi.org/10.1016/0041-5553(64)90137-5; Sutskever, Martens, Dahl &
-Hinton (2013), https://proceedings.mlr.press/v28/sutskever13.html; d2l 12.6,
-https://d2l.ai/chapter_optimization/momentum.html. As torch.optim.SGD(momentum=mu, dampening=0)
-(see docs/references.md).
+Reading: Polyak (1964), https://doi.org/10.1016/0041-5553(64)90137-5; Sutskever et al. (2013),
+https://proceedings.mlr.press/v28/sutskever13.html; d2l 12.6. As torch.optim.SGD(momentum=mu).
 Arc: Optimization -- momentum in PyTorch on Fashion-MNIST.
 
 Run:  python 02-optimization/momentum_torch.py [--lr 0.01 --momentum 0.9 --batch-size 128 --epochs 10 --device auto]

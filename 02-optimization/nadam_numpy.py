@@ -12,19 +12,12 @@ and psi = momentum_decay:
     theta_t = theta_{t-1} - lr * mbar_t / (sqrt(vhat_t) + eps)
 
 Why, after AdamW: Adam's momentum part b1 * m_{t-1} is the velocity of the steps already taken.
-Nesterov's idea (nesterov_numpy.py: theta -= lr * (g + mu * v_t)) is to apply now the momentum the
-next step will apply: Dozat puts the updated m_t, with the next coefficient mu_{t+1}, in place of
-b1 * m_{t-1}, plus the current gradient's share (1 - mu_t) * g_t, each bias-corrected by a product
-of the mu's: the step reacts one step sooner when the gradient turns. The schedule warms the
-momentum up from b1 / 2 toward b1 over thousands of steps.
-What it still gets wrong: its second moment is Adam's (Yogi's point stands), and weight decay is L2
-in the gradient, divided by sqrt(vhat) as AdamW showed.
-
-Conventions: as torch.optim.NAdam (decoupled_weight_decay=False; lr 2e-3, psi 4e-3 = the paper's 1/250);
-m_t keeps Adam's constant b1, as torch and Keras do.
+As Nesterov applies now the momentum the next step will apply, Dozat puts the updated m_t, with the
+next coefficient mu_{t+1}, in its place, plus the current gradient's share (1 - mu_t) * g_t: the step
+reacts one step sooner when the gradient turns.
 
 Reading: Dozat (2016), "Incorporating Nesterov Momentum into Adam", ICLR workshop,
-https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ; d2l 12.6 and 12.10; PyTorch docs "torch.optim.NAdam".
+https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ; d2l 12.6, 12.10. As torch.optim.NAdam (L2 decay).
 Arc: Optimization -- Nadam (Dozat 2016) in NumPy on Fashion-MNIST.
 
 Run:  python 02-optimization/nadam_numpy.py [--lr 2e-3 --batch-size 128 --epochs 10]
@@ -101,8 +94,7 @@ def loss_and_grads(params, x, y):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lr", type=positive_float, default=2e-3, help="learning rate (default 2e-3)")
-    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999),
-                   help="decays of m and v (default 0.9 0.999)")
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999), help="decays b1 b2 (default 0.9 0.999)")
     p.add_argument("--eps", type=positive_float, default=1e-8, help="added to sqrt(vhat) (default 1e-8)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="L2 penalty in the gradient (default 0)")
     p.add_argument("--momentum-decay", type=nonneg_float, default=4e-3, help="psi of the schedule mu_t (default 4e-3)")

@@ -11,13 +11,10 @@ psi = momentum_decay:
     mbar_t = mu_{t+1} * m_t / (1 - prod_{i<=t+1} mu_i) + (1 - mu_t) * g_t / (1 - prod_{i<=t} mu_i)
     theta_t = theta_{t-1} - lr * mbar_t / (sqrt(vhat_t) + eps)
 
-Why the look-ahead combination mbar, and how the schedule warms the momentum up: nadam_numpy.py.
+Why the look-ahead combination mbar: nadam_numpy.py. State per parameter: `step`, `mu_product`
+(prod_{i<=t} mu_i), `exp_avg` (m) and `exp_avg_sq` (v), saved by `state_dict()`, so a run resumes exactly.
 
-State per parameter: `step` (a plain int), `mu_product` (prod_{i<=t} mu_i, a plain float),
-`exp_avg` (m) and `exp_avg_sq` (v), all saved by `state_dict()`, so a run resumes exactly.
-
-Reading: Dozat (2016), "Incorporating Nesterov Momentum into Adam", ICLR workshop,
-https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ; PyTorch docs "torch.optim.NAdam".
+Reading: Dozat (2016), https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ; PyTorch docs "torch.optim.NAdam".
 Arc: Optimization -- Nadam (Dozat 2016) in PyTorch on Fashion-MNIST.
 
 Run:  python 02-optimization/nadam_torch.py [--lr 2e-3 --batch-size 128 --epochs 10 --device auto]
@@ -90,8 +87,7 @@ class NAdam(torch.optim.Optimizer):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lr", type=positive_float, default=2e-3, help="learning rate (default 2e-3)")
-    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999),
-                   help="decays of m and v (default 0.9 0.999)")
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999), help="decays b1 b2 (default 0.9 0.999)")
     p.add_argument("--eps", type=positive_float, default=1e-8, help="added to sqrt(vhat) (default 1e-8)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="L2 penalty in the gradient (default 0)")
     p.add_argument("--momentum-decay", type=nonneg_float, default=4e-3, help="psi of the schedule mu_t (default 4e-3)")

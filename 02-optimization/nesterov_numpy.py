@@ -1,33 +1,24 @@
 """Nesterov momentum, from scratch in NumPy, training an MLP on Fashion-MNIST.
 
-Nesterov's accelerated gradient takes the gradient where the momentum is about to carry the
-parameters, not where they are. torch.optim.SGD(nesterov=True), followed here, writes it in terms
-of that look-ahead point itself (t counts steps from 1):
+The gradient is taken where the momentum is about to carry the parameters, not where they are;
+torch.optim.SGD(nesterov=True), followed here, stores that look-ahead point (t counts steps from 1):
 
     g_t = (1/|B|) sum_{i in B} grad_theta loss_i(theta_{t-1})      (+ weight_decay * theta_{t-1})
     v_t = mu * v_{t-1} + g_t                                       (v_0 = 0, so v_1 = g_1)
     theta_t = theta_{t-1} - lr * (g_t + mu * v_t)
 
-Why this is the look-ahead gradient: the original form (Sutskever et al. 2013) keeps an iterate phi,
-v_t = mu v_{t-1} + grad(phi_{t-1} - lr mu v_{t-1}),  phi_t = phi_{t-1} - lr v_t. Store instead the
-look-ahead point theta = phi - lr mu v, where the gradient is taken; then
-theta_t = (theta_{t-1} + lr mu v_{t-1}) - lr v_t - lr mu v_t = theta_{t-1} - lr (g_t + mu v_t).
-Why it exists: plain momentum learns only a step late that its velocity carries it up the far wall
-of a valley; Nesterov's gradient already points back there, so it brakes within the step and
-overshoots less. With exact gradients on a smooth convex function the error falls as O(1/t^2)
-against gradient descent's O(1/t) (Nesterov 1983); minibatch noise voids that guarantee.
-What it still gets wrong: every coordinate still shares one learning rate (Adagrad, next).
+Why, after momentum: heavy-ball learns a step late that its velocity carries it up the far wall of
+a valley; the look-ahead gradient already points back, so it brakes within the step and overshoots
+less. (Sutskever's v_t = mu v_{t-1} + grad(phi - lr mu v_{t-1}), phi_t = phi_{t-1} - lr v_t becomes
+the rule above once theta = phi - lr mu v, the look-ahead point, is stored.)
 
-Reading: Y. Nesterov (1983), "A method of solving a convex programming problem with convergence rate
-O(1/k^2)", https://www.mathnet.ru/eng/dan46009; Sutskever, Martens, Dahl & Hinton (2013),
-https://proceedings.mlr.press/v28/sutskever13.html; d2l 12.6, https://d2l.ai/chapter_optimization/momentum.html.
-Update rule as torch.optim.SGD(momentum=mu, nesterov=True, dampening=0) (see docs/references.md).
+Reading: Nesterov (1983), https://www.mathnet.ru/eng/dan46009; Sutskever, Martens, Dahl & Hinton (2013),
+https://proceedings.mlr.press/v28/sutskever13.html; d2l 12.6. As torch.optim.SGD(momentum=mu, nesterov=True).
 Arc: Optimization -- Nesterov momentum in NumPy on Fashion-MNIST.
 
 Run:  python 02-optimization/nesterov_numpy.py [--lr 0.01 --momentum 0.9 --batch-size 128 --epochs 10]
       python 02-optimization/nesterov_numpy.py --smoke
-Look first at the update of theta in `Nesterov.step`, the one change from momentum_numpy.py, then
-compare the epoch losses of both scripts at the same lr.
+Look first at the update of theta in `Nesterov.step`, the one change from momentum_numpy.py.
 """
 
 # %%

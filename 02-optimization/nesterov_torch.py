@@ -8,16 +8,11 @@ from 1):
     v_t = mu * v_{t-1} + g_t                         (v_0 = 0, so v_1 = g_1)
     theta_t = theta_{t-1} - lr * (g_t + mu * v_t)
 
-Why this is the look-ahead gradient, and why it overshoots less than momentum: nesterov_numpy.py.
+Why it is the look-ahead gradient and overshoots less than momentum: nesterov_numpy.py. The velocity
+is per-parameter state, `self.state[p]["momentum_buffer"]`, which `state_dict()` saves.
 
-In PyTorch the velocity is per-parameter state, `self.state[p]["momentum_buffer"]` (torch's name),
-saved by `state_dict()`; the parameters the model holds, evaluates and checkpoints are the
-look-ahead point theta, which differs from phi by lr * mu * v.
-
-Reading: Nesterov (1983), https://www.mathnet.ru/eng/dan46009; Sutskever, Martens, Dahl & Hinton
-(2013), https://proceedings.mlr.press/v28/sutskever13.html; d2l 12.6,
-https://d2l.ai/chapter_optimization/momentum.html. As torch.optim.SGD(momentum=mu, nesterov=True,
-dampening=0) (see docs/references.md).
+Reading: Nesterov (1983), https://www.mathnet.ru/eng/dan46009; Sutskever et al. (2013),
+https://proceedings.mlr.press/v28/sutskever13.html; d2l 12.6. As torch.optim.SGD(nesterov=True).
 Arc: Optimization -- Nesterov momentum in PyTorch on Fashion-MNIST.
 
 Run:  python 02-optimization/nesterov_torch.py [--lr 0.01 --momentum 0.9 --batch-size 128 --epochs 10 --device auto]

@@ -7,27 +7,19 @@ Each coordinate's step is divided by the root of a leaky average of its recent s
     s_t = alpha * s_{t-1} + (1 - alpha) * g_t^2
     theta_t = theta_{t-1} - lr * g_t / (sqrt(s_t) + eps)
 
-Why, after Adagrad: Adagrad divides by the root of the SUM of all past g^2. The sum only grows, so a
-coordinate's rate lr / sqrt(sum) decays like 1/sqrt(t) even where the gradient stays large. RMSProp
-swaps the sum for a leaky average that forgets with a time constant of about 1/(1 - alpha) steps
-(100 at alpha = 0.99): sqrt(s_t) follows the current size of each coordinate's gradient, so steep
-and flat directions alike keep taking steps of order lr, and the rate no longer decays to zero.
-What it still gets wrong: lr must still be tuned, and nothing anneals it any more. s starts at 0
-uncorrected: s_1 = (1 - alpha) g_1^2, so the first step is lr / sqrt(1 - alpha) = 10 lr in every
-coordinate, and steps stay too large for about 1/(1 - alpha) steps. And there is no momentum.
-Adadelta (next) does without lr; Adam adds momentum and corrects s.
+Why, after Adagrad: Adagrad's SUM of past g^2 only grows, so its rates decay like 1/sqrt(t) even
+where the gradient stays large. A leaky average forgets within about 1/(1 - alpha) steps: sqrt(s_t)
+follows the current size of each coordinate's gradient and the steps stay of order lr. What it still
+gets wrong: s starts at 0 uncorrected, so the first step is lr / sqrt(1 - alpha) = 10 lr; no momentum.
 
-Reading: T. Tieleman and G. Hinton (2012), "Lecture 6.5 - rmsprop: Divide the gradient by a running
-average of its recent magnitude", COURSERA: Neural Networks for Machine Learning (slides:
-https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf); d2l 12.8 "RMSProp",
-https://d2l.ai/chapter_optimization/rmsprop.html. Update rule and defaults as torch.optim.RMSprop with
-momentum 0 and centered=False (see docs/references.md).
+Reading: Tieleman & Hinton (2012), COURSERA Neural Networks for Machine Learning, lecture 6.5,
+https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf; d2l 12.8.
+As torch.optim.RMSprop with momentum 0 and centered=False.
 Arc: Optimization -- RMSProp in NumPy on Fashion-MNIST.
 
 Run:  python 02-optimization/rmsprop_numpy.py [--lr 1e-3 --alpha 0.99 --batch-size 128 --epochs 10]
       python 02-optimization/rmsprop_numpy.py --smoke
-Look first at `RMSProp.step`, then at the first steps of loss.png: the first step is 10 lr in every
-coordinate, as s_1 is too small.
+Look first at `RMSProp.step`, then at the first steps of loss.png.
 """
 
 # %%

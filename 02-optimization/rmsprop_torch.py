@@ -7,16 +7,12 @@ Each coordinate's step is divided by the root of a leaky average of its recent s
     s_t = alpha * s_{t-1} + (1 - alpha) * g_t^2
     theta_t = theta_{t-1} - lr * g_t / (sqrt(s_t) + eps)
 
-Why a leaky average instead of Adagrad's sum, and what it still gets wrong (no bias correction: the
-first step is lr / sqrt(1 - alpha) = 10 lr per coordinate; no momentum): rmsprop_numpy.py.
+Why a leaky average instead of Adagrad's sum, and what it still gets wrong: rmsprop_numpy.py.
+Each parameter's s lives in `self.state[p]["s"]`, which `state_dict()` saves, so a run resumes exactly.
 
-State: each parameter's s lives in `self.state[p]["s"]`, created at its first step; the base class's
-`state_dict()` and `load_state_dict()` save and restore it, so a resumed run continues exactly.
-
-Reading: Tieleman and Hinton (2012), COURSERA Neural Networks for Machine Learning, lecture 6.5
-"rmsprop: Divide the gradient by a running average of its recent magnitude",
-https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf; d2l 12.8,
-https://d2l.ai/chapter_optimization/rmsprop.html. As torch.optim.RMSprop (momentum 0, centered=False).
+Reading: Tieleman & Hinton (2012), lecture 6.5 "rmsprop",
+https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf; d2l 12.8.
+As torch.optim.RMSprop (momentum 0, centered=False).
 Arc: Optimization -- RMSProp in PyTorch on Fashion-MNIST.
 
 Run:  python 02-optimization/rmsprop_torch.py [--lr 1e-3 --alpha 0.99 --batch-size 128 --epochs 10 --device auto]

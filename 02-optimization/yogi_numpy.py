@@ -9,22 +9,14 @@ follows the squared gradient. With m_0 = 0, v_0 = 1e-6 and t counting steps from
     mhat_t = m_t / (1 - b1^t),   vhat_t = v_t / (1 - b2^t)          bias corrections, as Adam
     theta_t = theta_{t-1} - lr * mhat_t / (sqrt(vhat_t) + eps)
 
-Why, after Adam: Adam's v_t = v_{t-1} + (1 - b2) * (g_t^2 - v_{t-1}) closes a fixed fraction of the
-gap to g_t^2, so v moves multiplicatively: once large gradients turn small, v shrinks by b2 a step,
-the effective rate lr / sqrt(vhat) climbs fast, and the next large gradient is taken with that
-inflated rate (the overshoot behind Adam's convergence failures, Reddi et al. 2018). Yogi moves v by
-exactly (1 - b2) * g_t^2 whatever the gap: up when g_t^2 > v (at least as fast as Adam), down only
-by the small (1 - b2) * g_t^2, so the rate rises gradually. Its larger eps (1e-3) caps the rate at
-lr / eps where v is tiny. What it still gets wrong: weight decay is L2 in the gradient, divided by
-sqrt(vhat) with the rest, so weights with large gradients are barely regularised (AdamW).
-
-Departures from the paper: its Algorithm 2 has no bias correction; the corrections here follow d2l,
-TF-Addons and optax, and v_0 = 1e-6 follows TF-Addons and optax (d2l starts from 0). The class
-defaults (lr 1e-2, eps 1e-3) are the paper's; the script's --lr default is 1e-3.
+Why, after Adam: Adam's v closes a fixed fraction (1 - b2) of its gap to g_t^2, so once large
+gradients turn small v shrinks by b2 a step and the rate lr / sqrt(vhat) climbs fast, overshooting
+on the next large gradient (Reddi et al. 2018). Yogi moves v by exactly (1 - b2) g_t^2 whatever the
+gap: up at least as fast as Adam, down only slowly, so the rate rises gradually.
 
 Reading: Zaheer, Reddi, Sachan, Kale & Kumar (2018), "Adaptive Methods for Nonconvex Optimization",
-NeurIPS, https://papers.nips.cc/paper/2018/hash/90365351ccc7437a1309dc64e4db32a3-Abstract.html;
-d2l 12.10.3 "Yogi", https://d2l.ai/chapter_optimization/adam.html#yogi.
+https://papers.nips.cc/paper/2018/hash/90365351ccc7437a1309dc64e4db32a3-Abstract.html; d2l 12.10.3.
+The bias corrections and v_0 follow d2l, TF-Addons and optax, not the paper's Algorithm 2.
 Arc: Optimization -- Yogi (d2l 12.10.3; Zaheer et al. 2018) in NumPy on Fashion-MNIST.
 
 Run:  python 02-optimization/yogi_numpy.py [--lr 1e-3 --batch-size 128 --epochs 10]
@@ -95,8 +87,7 @@ def loss_and_grads(params, x, y):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999),
-                   help="decays of m and v (default 0.9 0.999)")
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999), help="decays b1 b2 (default 0.9 0.999)")
     p.add_argument("--eps", type=positive_float, default=1e-3, help="added to sqrt(vhat) (default 1e-3)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="L2 penalty in the gradient (default 0)")
     p.add_argument("--epochs", type=positive_int, help="default 10; 1 with --smoke")

@@ -9,15 +9,10 @@ counting steps from 1:
     mhat_t = m_t / (1 - b1^t),   vhat_t = v_t / (1 - b2^t)          bias corrections, as Adam
     theta_t = theta_{t-1} - lr * mhat_t / (sqrt(vhat_t) + eps)
 
-Why an additive second moment, and the departures from the paper (bias corrections and v_0 = 1e-6
-follow TF-Addons and optax): yogi_numpy.py. torch.optim has no Yogi: tests/test_optimizers.py checks
-this class against a transcription of the rule above.
+Why an additive second moment, and where this departs from the paper: yogi_numpy.py. torch.optim has
+no Yogi; tests/test_optimizers.py checks this class against a transcription of the rule above.
 
-State per parameter: `step` (a plain int), `exp_avg` (m) and `exp_avg_sq` (v), all saved by
-`state_dict()`, so a run resumes exactly.
-
-Reading: Zaheer, Reddi, Sachan, Kale & Kumar (2018), "Adaptive Methods for Nonconvex Optimization",
-NeurIPS, https://papers.nips.cc/paper/2018/hash/90365351ccc7437a1309dc64e4db32a3-Abstract.html;
+Reading: Zaheer et al. (2018), https://papers.nips.cc/paper/2018/hash/90365351ccc7437a1309dc64e4db32a3-Abstract.html;
 d2l 12.10.3 "Yogi", https://d2l.ai/chapter_optimization/adam.html#yogi.
 Arc: Optimization -- Yogi (d2l 12.10.3; Zaheer et al. 2018) in PyTorch on Fashion-MNIST.
 
@@ -85,8 +80,7 @@ class Yogi(torch.optim.Optimizer):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999),
-                   help="decays of m and v (default 0.9 0.999)")
+    p.add_argument("--betas", type=probability, nargs=2, default=(0.9, 0.999), help="decays b1 b2 (default 0.9 0.999)")
     p.add_argument("--eps", type=positive_float, default=1e-3, help="added to sqrt(vhat) (default 1e-3)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="L2 penalty in the gradient (default 0)")
     p.add_argument("--epochs", type=positive_int, help="default 10; 1 with --smoke")
