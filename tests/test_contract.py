@@ -190,7 +190,8 @@ def test_contributing_table_is_read():
 def test_script_keeps_the_contract(parsers, script):
     _, parser = script_parser(parsers, script)
     framework = script.rsplit("_", 1)[1].removesuffix(".py")
-    assert violations(parser, (ROOT / script).read_text(), framework) == []
+    found = violations(parser, (ROOT / script).read_text(), framework)
+    assert not found, f"{script} breaks the contract of CONTRIBUTING.md:\n  " + "\n  ".join(found)
 
 
 def test_flags_of_two_scripts_are_in_the_table(parsers):
