@@ -62,9 +62,7 @@ def fmt(value) -> str:
 
 def headline(metrics: dict) -> str:
     """The first MAX_METRICS scalar metrics, "name value" joined by "; " (the script orders them)."""
-    pairs = [
-        f"{k} {fmt(v)}" for k, v in metrics.items() if k not in SKIP and isinstance(v, (int, float)) and v == v
-    ]
+    pairs = [f"{k} {fmt(v)}" for k, v in metrics.items() if k not in SKIP and isinstance(v, (int, float)) and v == v]
     return "; ".join(pairs[:MAX_METRICS])
 
 
@@ -84,7 +82,8 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
         "Every figure below was written by a run: each row gives the command that produced it, the",
         "commit it ran at, the machine and the date. Full provenance (package versions, threads) is in",
         "`results/<script>.json`. Accuracies are on the offline Fashion-MNIST copy's reconstructed split",
-        "(see [docs/references.md](docs/references.md)); times vary by up to 2x on a shared machine.",
+        "(see [docs/references.md](docs/references.md)). Times (`sec_per_epoch`) are wall times on a machine",
+        "that may have been shared with other work: compare speed in [benchmarks/](benchmarks/README.md).",
         "",
     ]
     for topic in sorted(by_topic):
@@ -93,7 +92,9 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
         for script_path, m in sorted(by_topic[topic]):
             prov = m["provenance"]
             cmd = prov["command"].replace("|", "\\|")
-            machine = f"{prov['machine'].get('gpu') or prov['machine'].get('cpu', '?')}, {prov['threads'].get('torch') or prov['threads'].get('cpu_count')}"
+            threads = prov["threads"]
+            n = threads.get("torch") or threads.get("OMP_NUM_THREADS") or threads.get("cpu_count")
+            machine = f"{prov['machine'].get('gpu') or prov['machine'].get('cpu', '?')}, {n}"
             out.append(
                 f"| [{Path(script_path).name}]({script_path}) | {headline(m)} | `{cmd}` | "
                 f"`{prov['git_commit'][:10]}` | {machine} | {prov['date'][:10]} |"
