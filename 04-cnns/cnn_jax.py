@@ -5,6 +5,15 @@ im2col), max pooling is `lax.reduce_window` with `max`, `jax.grad` derives the b
 cnn_numpy.py writes by hand, and Adam is written out as a pure function of its state. `jax.jit`
 compiles gather, forward, backward and update into one XLA program per step.
 
+    x (B, 1, 28, 28) -> conv 5x5 pad 2 -> ReLU -> maxpool 2     (B, c1, 14, 14)
+                     -> conv 5x5       -> ReLU -> maxpool 2     (B, c2, 5, 5)
+                     -> flatten -> (linear -> ReLU) per width   (B, h1) -> ... -> (B, h_last)
+                     -> linear                                  (B, 10) logits
+    L = -(1/B) sum_i log softmax(logits_i)[y_i]
+    Adam: m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2,
+          theta <- theta - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    lr of epoch e of E: lr_e = lr (1 + cos(pi (e - 1) / E)) / 2        (cosine decay, `cosine_lr`)
+
 Reading: S. J. D. Prince, "Understanding Deep Learning" (2023), chapter 10 "Convolutional networks",
 https://udlbook.github.io/udlbook/; A. Ng, "Convolutional Neural Networks" (deeplearning.ai), week 1;
 Y. LeCun et al. (1998), http://yann.lecun.com/exdb/publis/pdf/lecun-98.pdf (LeNet-5); JAX docs for
@@ -14,17 +23,9 @@ Arc: Foundations of CNNs -- one layer of a convolutional network and a CNN examp
 
 Run:  python 04-cnns/cnn_jax.py              (10 epochs on all 60k training images, then the test set)
       python 04-cnns/cnn_jax.py --smoke      (seconds: 2k images, narrow net, 1 epoch)
+      python 04-cnns/cnn_jax.py --channels 32 64 --hidden 256 128 --epochs 5
 Look first at `conv2d` and its dimension numbers ("NCHW", "OIHW", "NCHW"): the layouts the NumPy
 and PyTorch scripts use; then at `train_step`.
-
-    x (B, 1, 28, 28) -> conv 5x5 pad 2 -> ReLU -> maxpool 2     (B, c1, 14, 14)
-                     -> conv 5x5       -> ReLU -> maxpool 2     (B, c2, 5, 5)
-                     -> flatten -> linear -> ReLU -> linear     (B, 10) logits
-    L = -(1/B) sum_i log softmax(logits_i)[y_i]
-    Adam: m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2,
-          theta <- theta - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-    lr of epoch e of E: lr_e = lr (1 + cos(pi (e - 1) / E)) / 2        (cosine decay, `cosine_lr`)
-Learning curves show the test accuracy after every epoch; nothing is chosen by it.
 """
 
 # %%
@@ -42,23 +43,33 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    FASHION_MNIST_CLASSES,
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## The network as pure functions of a parameter pytree
 
 
 # %%
-def init_params(key, channels=(16, 32), hidden=128, dtype=jnp.float32):
+def init_params(key, channels=(16, 32), hidden=(128,), dtype=jnp.float32):
     """He initialisation, W ~ N(0, 2 / fan_in), b = 0, one fresh key per weight.
 
-    Returns {"W1": (c1, 1, 5, 5), "b1": (c1,), "W2": (c2, c1, 5, 5), ..., "W3": (c2*25, hidden),
-    "W4": (hidden, 10), ...}: the same layout as cnn_numpy.py (linear weights (D_in, D_out)).
+    Returns {"W1": (c1, 1, 5, 5), "b1": (c1,), "W2": (c2, c1, 5, 5), ..., "W3": (c2*25, hidden[0]), ...,
+    "WL": (hidden[-1], 10), ...}: the same layout as cnn_numpy.py (linear weights (D_in, D_out)).
     """
     c1, c2 = channels
-    shapes = {"W1": (c1, 1, 5, 5), "W2": (c2, c1, 5, 5), "W3": (c2 * 25, hidden), "W4": (hidden, 10)}
+    widths = [c2 * 25, *hidden, 10]
+    shapes = [(c1, 1, 5, 5), (c2, c1, 5, 5), *zip(widths[:-1], widths[1:])]
     params = {}
-    for l, (k, shape) in enumerate(zip(jax.random.split(key, 4), shapes.values()), start=1):
+    for l, (k, shape) in enumerate(zip(jax.random.split(key, len(shapes)), shapes), start=1):
         fan_in = int(np.prod(shape[1:])) if len(shape) == 4 else shape[0]  # C*kh*kw, or D_in
         params[f"W{l}"] = jax.random.normal(k, shape, dtype) * jnp.sqrt(2.0 / fan_in).astype(dtype)
         params[f"b{l}"] = jnp.zeros(shape[0] if len(shape) == 4 else shape[1], dtype)
@@ -81,8 +92,11 @@ def forward(params, x):
     """logits (B, 10) for x (B, 1, 28, 28)."""
     h = maxpool2(jax.nn.relu(conv2d(x, params["W1"], params["b1"], pad=2)))  # (B, c1, 14, 14)
     h = maxpool2(jax.nn.relu(conv2d(h, params["W2"], params["b2"], pad=0)))  # (B, c2, 5, 5)
-    h = jax.nn.relu(h.reshape(len(h), -1) @ params["W3"] + params["b3"])  # (B, hidden), C-order flatten
-    return h @ params["W4"] + params["b4"]  # (B, 10)
+    h = h.reshape(len(h), -1)  # (B, c2*25), C-order flatten
+    L = len(params) // 2  # layers: two convolutions, then the fully connected layers 3 .. L
+    for l in range(3, L):
+        h = jax.nn.relu(h @ params[f"W{l}"] + params[f"b{l}"])  # (B, hidden[l - 3])
+    return h @ params[f"W{L}"] + params[f"b{L}"]  # (B, 10)
 
 
 def cross_entropy(logits, y):
@@ -165,12 +179,11 @@ def load_data(data_dir=None, smoke=False):
 
 
 # %%
+# The cosine schedule, as taught in 04-cnns/cnn_numpy.py.
 def cosine_lr(lr, epoch, epochs):
     """The learning rate of epoch 1..E: lr (1 + cos(pi (epoch - 1) / E)) / 2, from lr down towards 0.
 
-    (Loshchilov and Hutter, "SGDR", 2017, https://arxiv.org/abs/1608.03983, without restarts.) With
-    a constant rate the test accuracy jitters by half a percent from epoch to epoch; decaying it lets
-    the last epochs settle, so the final number is the model's and not the luck of the last step.
+    (Loshchilov and Hutter, "SGDR", 2017, https://arxiv.org/abs/1608.03983, without restarts.)
     """
     return float(lr * (1 + np.cos(np.pi * (epoch - 1) / epochs)) / 2)
 
@@ -287,26 +300,25 @@ def plot_confusion(y_true, y_pred, path, title):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 10; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=1e-3,
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 10; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=1e-3,
                    help="Adam learning rate of the first epoch, cosine-decayed over the epochs (default 1e-3)")
-    p.add_argument("--channels", type=int, nargs=2, default=None, metavar=("C1", "C2"),
+    p.add_argument("--channels", type=positive_int, nargs=2, default=None, metavar=("C1", "C2"),
                    help="feature maps of conv1 and conv2 (default 16 32; 8 16 with --smoke)")
-    p.add_argument("--hidden", type=int, default=None,
-                   help="width of the hidden linear layer (default 128; 64 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=None,
+                   help="widths of the fully connected hidden layers, one per layer (default 128; 64 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and minibatch order (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/cnn_jax)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
     args = p.parse_args(argv)
-    defaults = dict(epochs=1, batch_size=32, channels=[8, 16], hidden=64) if args.smoke else \
-        dict(epochs=10, batch_size=128, channels=[16, 32], hidden=128)
+    defaults = dict(epochs=1, batch_size=32, channels=[8, 16], hidden=[64]) if args.smoke else \
+        dict(epochs=10, batch_size=128, channels=[16, 32], hidden=[128])
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, *args.channels, args.hidden) < 1 or args.lr <= 0:
-        p.error("--epochs, --batch-size, --channels, --hidden and --lr must be positive")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -320,9 +332,11 @@ def main(argv=None) -> dict:
     Xtr_d, ytr_d, Xte_d, yte_d = (jnp.asarray(a) for a in (Xtr, ytr, Xte, yte))
     n_params = sum(v.size for v in params.values())
     c1, c2 = args.channels
-    print(f"cnn_jax: conv{c1}-pool-conv{c2}-pool-fc{args.hidden}-fc10 ({n_params:,} parameters), "
+    fcs = "".join(f"-fc{h}" for h in args.hidden)
+    print(f"cnn_jax: conv{c1}-pool-conv{c2}-pool{fcs}-fc10 ({n_params:,} parameters), "
           f"{len(Xtr)} train / {len(Xte)} test images on {jax.devices()[0].platform}")
 
+    # The test set is evaluated after every epoch for the learning curves; nothing is chosen by it.
     test_loss, test_acc, _ = evaluate(params, Xte_d, yte_d)
     hist = {"train_loss": [], "test_loss": [test_loss], "test_acc": [test_acc], "epoch_s": []}
     for epoch in range(1, args.epochs + 1):

@@ -1,13 +1,27 @@
 """A first convolutional network by hand in NumPy: LeNet-style layers trained on Fashion-MNIST.
 
 Every layer is written out, forward and backward side by side: the convolution (as im2col and one
-matrix product), the ReLU, max pooling, the linear layer and the softmax cross-entropy, with Adam
+matrix product), the ReLU, max pooling, the linear layers and the softmax cross-entropy, with Adam
 updating the weights. Nothing is differentiated automatically; tests/test_cnn.py checks every
 backward, and the whole network's gradients, against torch autograd in float64.
 
+The network, for a batch of B standardised 28x28 images (flags --channels c1 c2 and --hidden h1 [h2 ...]):
+
+    x                                       (B, 1, 28, 28)
+    conv 5x5, pad 2 -> ReLU -> maxpool 2    (B, c1, 28, 28) -> (B, c1, 14, 14)
+    conv 5x5, pad 0 -> ReLU -> maxpool 2    (B, c2, 10, 10) -> (B, c2, 5, 5)
+    flatten -> (linear -> ReLU) per width   (B, c2 * 25) -> (B, h1) -> ... -> (B, h_last)
+    linear                                  (B, 10) logits, mean softmax cross-entropy loss
+
+Convolution (cross-correlation, as every framework computes it), stride s, padding p, xp = x padded:
+
+    out[n, f, i, j] = b[f] + sum_{c, u, v} W[f, c, u, v] * xp[n, c, s*i + u, s*j + v]
+
+A kernel of size k fits in the padded length n + 2p at the offsets 0, s, 2s, ... while offset + k <= n + 2p:
+floor((n + 2p - k) / s) + 1 outputs. Training: Adam at the rate lr (1 + cos(pi (e - 1) / E)) / 2 in epoch e of E.
+
 Reading: S. J. D. Prince, "Understanding Deep Learning" (2023), chapter 10 "Convolutional networks",
-https://udlbook.github.io/udlbook/; A. Ng, "Convolutional Neural Networks" (deeplearning.ai), week 1
-(padding, strided convolutions, convolutions over volume, one layer of a CNN, pooling, a CNN example);
+https://udlbook.github.io/udlbook/; A. Ng, "Convolutional Neural Networks" (deeplearning.ai), week 1;
 Y. LeCun et al., "Gradient-Based Learning Applied to Document Recognition" (1998),
 http://yann.lecun.com/exdb/publis/pdf/lecun-98.pdf (LeNet-5); CS231n notes "Convolutional Neural
 Networks", https://cs231n.github.io/convolutional-networks/ (im2col); K. He et al. (2015),
@@ -16,28 +30,10 @@ Arc: Foundations of CNNs -- one layer of a convolutional network and a CNN examp
 
 Run:  python 04-cnns/cnn_numpy.py              (10 epochs on all 60k training images, then the test set)
       python 04-cnns/cnn_numpy.py --smoke      (seconds: 2k images, narrow net, 1 epoch)
+      python 04-cnns/cnn_numpy.py --channels 32 64 --hidden 256 128 --epochs 5
 Look first at `conv2d_forward`: the convolution becomes one matrix product once every receptive field
 is copied into a column (im2col); then at `conv2d_backward`, where the same product runs backwards and
 `add_windows` (col2im) sends each column's gradient back to the pixels it was read from.
-
-The network, for a batch of B standardised 28x28 images (c1, c2 and hidden are flags):
-
-    x                                     (B, 1, 28, 28)
-    conv 5x5, pad 2 -> ReLU -> maxpool 2  (B, c1, 28, 28) -> (B, c1, 14, 14)
-    conv 5x5, pad 0 -> ReLU -> maxpool 2  (B, c2, 10, 10) -> (B, c2, 5, 5)
-    flatten -> linear -> ReLU             (B, c2 * 25)    -> (B, hidden)
-    linear                                (B, 10) logits, mean softmax cross-entropy loss
-
-Training: Adam, at the rate lr (1 + cos(pi (e - 1) / E)) / 2 in epoch e of E (cosine decay).
-
-Convolution (cross-correlation, as every framework computes it), for stride s and padding p:
-
-    out[n, f, i, j] = b[f] + sum_{c, u, v} W[f, c, u, v] * xp[n, c, s*i + u, s*j + v]
-
-where xp is x with p zeros on each side. Output size: a kernel of size k fits in the padded length
-n + 2p at the offsets 0, s, 2s, ..., as long as offset + k <= n + 2p, that is at
-floor((n + 2p - k) / s) + 1 offsets. Learning curves show the test accuracy after every epoch; nothing
-is chosen by it (epochs and widths are fixed in advance), so the final test accuracy stays honest.
 """
 
 # %%
@@ -52,7 +48,16 @@ from matplotlib.ticker import MaxNLocator
 from numpy.lib.stride_tricks import sliding_window_view
 from tqdm import tqdm
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    FASHION_MNIST_CLASSES,
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## Geometry shared by convolution and pooling: windows of a padded input, and the way back
@@ -233,16 +238,19 @@ def cross_entropy_backward(dloss, cache):
 
 
 # %%
-def init_params(rng, channels=(16, 32), hidden=128, dtype=np.float32):
+def init_params(rng, channels=(16, 32), hidden=(128,), dtype=np.float32):
     """He initialisation, W ~ N(0, 2 / fan_in), b = 0; fan_in = C*kh*kw for a convolution, D_in for a linear layer.
 
+    Layers 1 and 2 are the convolutions, W1 (c1, 1, 5, 5) and W2 (c2, c1, 5, 5); layers 3 .. L the fully
+    connected ones, of widths c2*25 -> hidden[0] -> ... -> hidden[-1] -> 10, W (D_in, D_out).
     Each output of a layer sums fan_in products; with ReLU halving the signal's power, Var(W) = 2 / fan_in
     keeps the activations' scale the same from layer to layer.
     """
     c1, c2 = channels
-    shapes = {"W1": (c1, 1, 5, 5), "W2": (c2, c1, 5, 5), "W3": (c2 * 25, hidden), "W4": (hidden, 10)}
+    widths = [c2 * 25, *hidden, 10]
+    shapes = [(c1, 1, 5, 5), (c2, c1, 5, 5), *zip(widths[:-1], widths[1:])]
     params = {}
-    for l, shape in enumerate(shapes.values(), start=1):
+    for l, shape in enumerate(shapes, start=1):
         fan_in = int(np.prod(shape[1:])) if len(shape) == 4 else shape[0]
         params[f"W{l}"] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
         params[f"b{l}"] = np.zeros(shape[0] if len(shape) == 4 else shape[1], dtype)
@@ -259,25 +267,30 @@ def forward(params, x):
     h, caches["relu2"] = relu_forward(z)
     h, caches["pool2"] = maxpool_forward(h, 2)  # (B, c2, 5, 5)
     caches["flat"] = h.shape
-    z, caches["fc1"] = linear_forward(h.reshape(len(h), -1), params["W3"], params["b3"])  # (B, hidden)
-    h, caches["relu3"] = relu_forward(z)
-    logits, caches["fc2"] = linear_forward(h, params["W4"], params["b4"])  # (B, 10)
+    h = h.reshape(len(h), -1)  # (B, c2*25), C order: (c, i, j)
+    L = len(params) // 2  # layers: two convolutions, then the fully connected layers 3 .. L
+    for l in range(3, L):  # hidden layers: linear -> ReLU   (B, hidden[l - 3])
+        z, caches[f"fc{l}"] = linear_forward(h, params[f"W{l}"], params[f"b{l}"])
+        h, caches[f"relu{l}"] = relu_forward(z)
+    logits, caches[f"fc{L}"] = linear_forward(h, params[f"W{L}"], params[f"b{L}"])  # (B, 10)
     return logits, caches
 
 
 def backward(dlogits, caches):
     """Gradients {"W1": dL/dW1, "b1": ..., ...} from dL/dlogits, through the layers in reverse."""
     g = {}
-    dh, g["W4"], g["b4"] = linear_backward(dlogits, caches["fc2"])
-    dz = relu_backward(dh, caches["relu3"])
-    dh, g["W3"], g["b3"] = linear_backward(dz, caches["fc1"])
+    L = 2 + sum(name.startswith("fc") for name in caches)  # the last layer
+    dh, g[f"W{L}"], g[f"b{L}"] = linear_backward(dlogits, caches[f"fc{L}"])
+    for l in range(L - 1, 2, -1):  # the hidden layers, last to first
+        dz = relu_backward(dh, caches[f"relu{l}"])
+        dh, g[f"W{l}"], g[f"b{l}"] = linear_backward(dz, caches[f"fc{l}"])
     dh = maxpool_backward(dh.reshape(caches["flat"]), caches["pool2"])  # un-flatten, (B, c2, 10, 10)
     dz = relu_backward(dh, caches["relu2"])
     dh, g["W2"], g["b2"] = conv2d_backward(dz, caches["conv2"])  # (B, c1, 14, 14)
     dh = maxpool_backward(dh, caches["pool1"])  # (B, c1, 28, 28)
     dz = relu_backward(dh, caches["relu1"])
     _, g["W1"], g["b1"] = conv2d_backward(dz, caches["conv1"], need_dx=False)
-    return {name: g[name] for name in ("W1", "b1", "W2", "b2", "W3", "b3", "W4", "b4")}
+    return {f"{w}{l}": g[f"{w}{l}"] for l in range(1, L + 1) for w in "Wb"}  # W1, b1, ..., WL, bL
 
 
 def loss_and_grads(params, x, y):
@@ -337,8 +350,8 @@ def cosine_lr(lr, epoch, epochs):
     """The learning rate of epoch 1..E: lr (1 + cos(pi (epoch - 1) / E)) / 2, from lr down towards 0.
 
     (Loshchilov and Hutter, "SGDR", 2017, https://arxiv.org/abs/1608.03983, without restarts.) With
-    a constant rate the test accuracy jitters by half a percent from epoch to epoch; decaying it lets
-    the last epochs settle, so the final number is the model's and not the luck of the last step.
+    a constant rate the test accuracy jitters from epoch to epoch; decaying it lets the last epochs
+    settle, so the final number is the model's and not the luck of the last step.
     """
     return float(lr * (1 + np.cos(np.pi * (epoch - 1) / epochs)) / 2)
 
@@ -457,26 +470,25 @@ def plot_confusion(y_true, y_pred, path, title):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 10; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=1e-3,
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 10; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=1e-3,
                    help="Adam learning rate of the first epoch, cosine-decayed over the epochs (default 1e-3)")
-    p.add_argument("--channels", type=int, nargs=2, default=None, metavar=("C1", "C2"),
+    p.add_argument("--channels", type=positive_int, nargs=2, default=None, metavar=("C1", "C2"),
                    help="feature maps of conv1 and conv2 (default 16 32; 8 16 with --smoke)")
-    p.add_argument("--hidden", type=int, default=None,
-                   help="width of the hidden linear layer (default 128; 64 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=None,
+                   help="widths of the fully connected hidden layers, one per layer (default 128; 64 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and minibatch order (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/cnn_numpy)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
     args = p.parse_args(argv)
-    defaults = dict(epochs=1, batch_size=32, channels=[8, 16], hidden=64) if args.smoke else \
-        dict(epochs=10, batch_size=128, channels=[16, 32], hidden=128)
+    defaults = dict(epochs=1, batch_size=32, channels=[8, 16], hidden=[64]) if args.smoke else \
+        dict(epochs=10, batch_size=128, channels=[16, 32], hidden=[128])
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, *args.channels, args.hidden) < 1 or args.lr <= 0:
-        p.error("--epochs, --batch-size, --channels, --hidden and --lr must be positive")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -489,9 +501,11 @@ def main(argv=None) -> dict:
     opt_state = adam_init(params)
     n_params = sum(v.size for v in params.values())
     c1, c2 = args.channels
-    print(f"cnn_numpy: conv{c1}-pool-conv{c2}-pool-fc{args.hidden}-fc10 ({n_params:,} parameters), "
+    fcs = "".join(f"-fc{h}" for h in args.hidden)
+    print(f"cnn_numpy: conv{c1}-pool-conv{c2}-pool{fcs}-fc10 ({n_params:,} parameters), "
           f"{len(Xtr)} train / {len(Xte)} test images")
 
+    # The test set is evaluated after every epoch for the learning curves; nothing is chosen by it.
     test_loss, test_acc, _ = evaluate(params, Xte, yte)
     hist = {"train_loss": [], "test_loss": [test_loss], "test_acc": [test_acc], "epoch_s": []}
     for epoch in range(1, args.epochs + 1):

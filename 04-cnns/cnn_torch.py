@@ -5,6 +5,14 @@ and biases and computes the same cross-correlation, `F.max_pool2d` pools, autogr
 backward pass, and `torch.optim.Adam` updates the weights. Network, He initialisation, data and
 minibatch order are the same as in the NumPy and JAX scripts, so the three can be read side by side.
 
+    x (B, 1, 28, 28) -> conv 5x5 pad 2 -> ReLU -> maxpool 2     (B, c1, 14, 14)
+                     -> conv 5x5       -> ReLU -> maxpool 2     (B, c2, 5, 5)
+                     -> flatten -> (linear -> ReLU) per width   (B, h1) -> ... -> (B, h_last)
+                     -> linear                                  (B, 10) logits
+    L = -(1/B) sum_i log softmax(logits_i)[y_i]                 (F.cross_entropy)
+    Adam, lr of epoch e of E: lr (1 + cos(pi (e - 1) / E)) / 2  (cosine decay, `cosine_lr`)
+Note: nn.Linear stores W as (D_out, D_in) and computes x W^T; the NumPy and JAX scripts store the transpose.
+
 Reading: S. J. D. Prince, "Understanding Deep Learning" (2023), chapter 10 "Convolutional networks",
 https://udlbook.github.io/udlbook/; A. Ng, "Convolutional Neural Networks" (deeplearning.ai), week 1;
 Y. LeCun et al. (1998), http://yann.lecun.com/exdb/publis/pdf/lecun-98.pdf (LeNet-5); PyTorch docs for
@@ -14,16 +22,8 @@ Arc: Foundations of CNNs -- one layer of a convolutional network and a CNN examp
 
 Run:  python 04-cnns/cnn_torch.py              (10 epochs on all 60k training images, then the test set)
       python 04-cnns/cnn_torch.py --smoke      (seconds: 2k images, narrow net, 1 epoch)
-      python 04-cnns/cnn_torch.py --device cuda
-Look first at `CNN.forward`: the whole network in four lines, each a layer cnn_numpy.py spells out.
-
-    x (B, 1, 28, 28) -> conv 5x5 pad 2 -> ReLU -> maxpool 2     (B, c1, 14, 14)
-                     -> conv 5x5       -> ReLU -> maxpool 2     (B, c2, 5, 5)
-                     -> flatten -> linear -> ReLU -> linear     (B, 10) logits
-    L = -(1/B) sum_i log softmax(logits_i)[y_i]                 (F.cross_entropy)
-    Adam, lr of epoch e of E: lr (1 + cos(pi (e - 1) / E)) / 2  (cosine decay, `cosine_lr`)
-Note: nn.Linear stores W as (D_out, D_in) and computes x W^T; the NumPy and JAX scripts store the
-transpose. Learning curves show the test accuracy after every epoch; nothing is chosen by it.
+      python 04-cnns/cnn_torch.py --hidden 256 128 --device cuda
+Look first at `CNN.forward`: the whole network in a few lines, each a layer cnn_numpy.py spells out.
 """
 
 # %%
@@ -40,7 +40,16 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 from tqdm import tqdm
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    FASHION_MNIST_CLASSES,
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## The network
@@ -48,16 +57,18 @@ from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, minibatches, s
 
 # %%
 class CNN(nn.Module):
-    """conv(1 -> c1, 5x5, pad 2) - ReLU - pool 2 - conv(c1 -> c2, 5x5) - ReLU - pool 2 - fc(hidden) - ReLU - fc(10)."""
+    """conv(1 -> c1, 5x5, pad 2) - ReLU - pool 2 - conv(c1 -> c2, 5x5) - ReLU - pool 2
+    - (fc(h) - ReLU for each width h in hidden) - fc(10)."""
 
-    def __init__(self, channels=(16, 32), hidden=128):
+    def __init__(self, channels=(16, 32), hidden=(128,)):
         super().__init__()
         c1, c2 = channels
+        widths = [c2 * 5 * 5, *hidden, 10]
         self.conv1 = nn.Conv2d(1, c1, kernel_size=5, padding=2)  # W (c1, 1, 5, 5)
         self.conv2 = nn.Conv2d(c1, c2, kernel_size=5)  # W (c2, c1, 5, 5)
-        self.fc1 = nn.Linear(c2 * 5 * 5, hidden)  # W (hidden, c2*25)
-        self.fc2 = nn.Linear(hidden, 10)
-        for layer in (self.conv1, self.conv2, self.fc1, self.fc2):
+        # W (hidden[0], c2*25), ..., W (10, hidden[-1])
+        self.fc = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(widths[:-1], widths[1:]))
+        for layer in (self.conv1, self.conv2, *self.fc):
             # W ~ N(0, 2 / fan_in), b = 0, as in the NumPy and JAX scripts (fan_in = C*kh*kw for a
             # convolution); PyTorch's own default is a smaller uniform, kept for backward compatibility.
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
@@ -66,8 +77,10 @@ class CNN(nn.Module):
     def forward(self, x):  # x (B, 1, 28, 28) -> logits (B, 10)
         h = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (B, c1, 14, 14)
         h = F.max_pool2d(F.relu(self.conv2(h)), 2)  # (B, c2, 5, 5)
-        h = F.relu(self.fc1(h.flatten(1)))  # (B, hidden); flatten keeps (c, i, j) in C order
-        return self.fc2(h)
+        h = h.flatten(1)  # (B, c2*25); flatten keeps (c, i, j) in C order
+        for fc in self.fc[:-1]:
+            h = F.relu(fc(h))  # (B, h) for each hidden width h
+        return self.fc[-1](h)
 
 
 def train_step(model, opt, x, y):
@@ -79,6 +92,7 @@ def train_step(model, opt, x, y):
     return loss.detach()
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py.
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -111,12 +125,11 @@ def load_data(data_dir=None, smoke=False):
 
 
 # %%
+# The cosine schedule, as taught in 04-cnns/cnn_numpy.py.
 def cosine_lr(lr, epoch, epochs):
     """The learning rate of epoch 1..E: lr (1 + cos(pi (epoch - 1) / E)) / 2, from lr down towards 0.
 
-    (Loshchilov and Hutter, "SGDR", 2017, https://arxiv.org/abs/1608.03983, without restarts.) With
-    a constant rate the test accuracy jitters by half a percent from epoch to epoch; decaying it lets
-    the last epochs settle, so the final number is the model's and not the luck of the last step.
+    (Loshchilov and Hutter, "SGDR", 2017, https://arxiv.org/abs/1608.03983, without restarts.)
     """
     return float(lr * (1 + np.cos(np.pi * (epoch - 1) / epochs)) / 2)
 
@@ -241,28 +254,27 @@ def plot_confusion(y_true, y_pred, path, title):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 10; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=1e-3,
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 10; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=1e-3,
                    help="Adam learning rate of the first epoch, cosine-decayed over the epochs (default 1e-3)")
-    p.add_argument("--channels", type=int, nargs=2, default=None, metavar=("C1", "C2"),
+    p.add_argument("--channels", type=positive_int, nargs=2, default=None, metavar=("C1", "C2"),
                    help="feature maps of conv1 and conv2 (default 16 32; 8 16 with --smoke)")
-    p.add_argument("--hidden", type=int, default=None,
-                   help="width of the hidden linear layer (default 128; 64 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights and minibatch order (default 0)")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=None,
+                   help="widths of the fully connected hidden layers, one per layer (default 128; 64 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds weights and minibatch order (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/cnn_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
     args = p.parse_args(argv)
-    defaults = dict(epochs=1, batch_size=32, channels=[8, 16], hidden=64) if args.smoke else \
-        dict(epochs=10, batch_size=128, channels=[16, 32], hidden=128)
+    defaults = dict(epochs=1, batch_size=32, channels=[8, 16], hidden=[64]) if args.smoke else \
+        dict(epochs=10, batch_size=128, channels=[16, 32], hidden=[128])
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, *args.channels, args.hidden) < 1 or args.lr <= 0:
-        p.error("--epochs, --batch-size, --channels, --hidden and --lr must be positive")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
@@ -281,9 +293,11 @@ def main(argv=None) -> dict:
     Xtr_d, ytr_d, Xte_d, yte_d = (torch.from_numpy(a).to(device) for a in (Xtr, ytr, Xte, yte))
     n_params = sum(p.numel() for p in model.parameters())
     c1, c2 = args.channels
-    print(f"cnn_torch: conv{c1}-pool-conv{c2}-pool-fc{args.hidden}-fc10 ({n_params:,} parameters), "
+    fcs = "".join(f"-fc{h}" for h in args.hidden)
+    print(f"cnn_torch: conv{c1}-pool-conv{c2}-pool{fcs}-fc10 ({n_params:,} parameters), "
           f"{len(Xtr)} train / {len(Xte)} test images on {device}")
 
+    # The test set is evaluated after every epoch for the learning curves; nothing is chosen by it.
     test_loss, test_acc, _ = evaluate(model, Xte_d, yte_d)
     hist = {"train_loss": [], "test_loss": [test_loss], "test_acc": [test_acc], "epoch_s": []}
     for epoch in range(1, args.epochs + 1):

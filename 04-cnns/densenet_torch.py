@@ -12,27 +12,19 @@ from c_0 channels ends with c_0 + L k. DenseNet-BC is the efficient version used
   - C (compression): between blocks a transition, BN-ReLU-conv1x1 (c -> floor(theta c), theta = 0.5) then
     a 2x2 average pool, halves the maps and the channel count.
 
-Why dense connectivity works (section 3 and 5 of the paper):
-  - Feature reuse: a layer need not relearn what earlier layers computed; it reads it. The block's
-    channels are a collective state each layer adds k maps to, so layers can be narrow.
-  - Short paths for gradients: every layer has a direct connection to the block's output and through it,
-    after the transitions, to the loss, so the loss reaches early layers without passing through
-    dozens of transformations (an implicit deep supervision), like ResNet's identity paths.
-  - Parameter efficiency: DenseNet-121 has 7,978,856 parameters (1000 classes), under a third of
-    ResNet-50's 25.6M; in the paper's Figure 3 DenseNet-201 (20M) matches the ImageNet validation error
-    of ResNet-101 (more than 40M). 121 weight layers: the stem conv, 2 x (6 + 12 + 24 + 16) = 116 in
-    the blocks, 3 transitions, the classifier.
-Concatenation here is the plain one (`torch.cat` of the growing list at every layer): simple, but layer l
-copies its l inputs into a new tensor that autograd keeps, so a block of L layers stores about L^2 / 2
-maps of k channels, memory quadratic in depth; Pleiss et al. (2017) share one buffer instead.
+Why dense connectivity works (sections 3 and 5): a layer need not relearn what earlier layers computed,
+it reads it (feature reuse), so layers can be narrow; every layer has a short path to the loss through
+the block's output (implicit deep supervision), like ResNet's identity paths; and the parameters go far:
+DenseNet-121 has 7,978,856 (1000 classes), under a third of ResNet-50's 25.6M, and in Figure 3
+DenseNet-201 (20M) matches the error of ResNet-101 (over 40M). 121 weight layers: the stem conv,
+2 x (6 + 12 + 24 + 16) = 116 in the blocks, 3 transitions, the classifier. The concatenation here is
+the plain one (`torch.cat` at every layer): memory quadratic in depth; Pleiss et al. share one buffer.
 
 Configurations: blocks (6, 12, 24, 16) DenseNet-121, (6, 12, 32, 32) -169, (6, 12, 48, 32) -201, all with
 k = 32; DenseNet-161 has k = 48 and (6, 12, 36, 24). The stem is a 7x7 stride-2 conv with 2k maps, BN,
 ReLU, 3x3 stride-2 max-pool; after the last block BN-ReLU, global average pool and a linear layer.
-Small input (28x28): the stem is a 3x3 stride-1 conv with 2k maps and no pool (the paper's CIFAR
-stem); the blocks run at 28, 14, 7 and 3 pixels. `growth_rate`, `bn_size` and `compression` are
-parameters of every constructor (smaller k for CPU runs). Initialisation: Kaiming normal (fan_out)
-convs, BatchNorm weight 1 bias 0, zero classifier bias.
+Small input (28x28): a 3x3 stride-1 stem conv with 2k maps and no pool (the paper's CIFAR stem); the
+blocks run at 28, 14, 7 and 3 pixels. Init: Kaiming normal (fan_out) convs, BN 1 and 0, zero fc bias.
 
 Reading: G. Huang, Z. Liu, L. van der Maaten and K. Q. Weinberger (2017), "Densely Connected Convolutional
 Networks", CVPR, https://arxiv.org/abs/1608.06993 (Table 1: the ImageNet configurations); G. Pleiss et
@@ -42,9 +34,6 @@ Arc: Deep convolutional models -- DenseNet.
 Run:  python 04-cnns/densenet_torch.py          (DenseNet-121 with k = 8, 6k images, 3 epochs: minutes)
       python 04-cnns/densenet_torch.py --smoke  (seconds: k = 4, 1,000 images, 1 epoch)
       python 04-cnns/densenet_torch.py --arch densenet169 --growth-rate 32 --n-train 60000 --epochs 30 --device cuda
-Measured (default run, seed 0, 1 CPU thread on a 2-core machine shared with other jobs): test accuracy
-0.7895 on the 10,000 test images after 3 epochs (0.50, 0.78, 0.79), 67-71 s per epoch (452,394 parameters):
-121 thin layers cost a CPU more time per parameter than any other network here.
 Look first at `DenseBlock.forward`: the list of features that every layer reads and appends to.
 """
 
@@ -61,7 +50,16 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## The pieces: a bottleneck layer, a dense block, a transition
@@ -212,6 +210,7 @@ def augment(x, gen, pad=2):
     return torch.where(flip, out.flip(3), out)
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py.
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -281,19 +280,25 @@ def plot_learning_curves(hist, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="densenet121", choices=sorted(MODELS), help="model (default densenet121)")
-    p.add_argument("--growth-rate", type=int, default=None, help="k, maps added per layer (default 8; 4 with --smoke)")
-    p.add_argument("--bn-size", type=int, default=4, help="bottleneck width in multiples of k (default 4)")
-    p.add_argument("--compression", type=float, default=0.5, help="theta of the transitions, in (0, 1] (default 0.5)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate, cosine-decayed (default 0.1)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (default 5e-4)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (default 6000; 1000 with --smoke)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default 10000; 1000 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and augmentation (default 0)")
+    p.add_argument("--growth-rate", type=positive_int, default=None,
+                   help="k, maps added per layer (default 8; 4 with --smoke)")
+    p.add_argument("--bn-size", type=positive_int, default=4, help="bottleneck width in multiples of k (default 4)")
+    p.add_argument("--compression", type=positive_float, default=0.5,
+                   help="theta of the transitions, in (0, 1] (default 0.5)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.1,
+                   help="peak SGD learning rate, cosine-decayed (default 0.1)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 weight decay (default 5e-4)")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="training images (default 6000; 1000 with --smoke)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="test images (default 10000; 1000 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, minibatch order and augmentation (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/densenet_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
@@ -303,17 +308,13 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.n_train, args.n_test, args.growth_rate, args.bn_size) < 1 or args.lr <= 0:
-        p.error("--epochs, --batch-size, --n-train, --n-test, --growth-rate, --bn-size and --lr must be positive")
     if not 0 < args.compression <= 1:
-        p.error("--compression must be in (0, 1]")
-    if args.weight_decay < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--weight-decay must be >= 0 and --threads positive")
+        p.error(f"argument --compression: must lie in (0, 1], got {args.compression}")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)

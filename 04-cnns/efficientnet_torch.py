@@ -1,55 +1,30 @@
 """EfficientNet (Tan and Le 2019): MBConv blocks with squeeze-and-excitation, and compound scaling, in PyTorch.
 
-What the paper adds. Networks are scaled up by making them deeper (ResNet-18 -> 200), wider (WideResNet)
-or by feeding larger images, one dimension at a time, and each alone saturates quickly (Figure 3 of the
-paper). The three interact: a larger image needs more layers (a larger receptive field) and more channels
-(finer patterns). EfficientNet scales all three together with ONE coefficient phi (section 3.3):
+What the paper adds. Scaling a network's depth, its width or its input resolution alone saturates
+quickly (Figure 3); the three interact (a larger image needs more layers and more channels), so
+EfficientNet scales all three together with ONE coefficient phi (eq. 3, section 3.3):
 
     depth d = alpha^phi,   width w = beta^phi,   resolution r = gamma^phi
     alpha beta^2 gamma^2 ~ 2,   alpha = 1.2, beta = 1.1, gamma = 1.15   (found by a small grid search at phi = 1)
 
-FLOPs grow as d w^2 r^2 (a conv's cost is linear in depth, quadratic in width and in resolution), so each
-unit of phi about doubles them. The baseline B0 was found by architecture search; B1..B7 scale it. The
-reference implementation lists the coefficients it uses (width w, depth d, resolution, dropout), close
-to but not exactly the powers above: B0 (1.0, 1.0, 224, 0.2), B1 (1.0, 1.1, 240, 0.2), B2 (1.1, 1.2, 260,
-0.3), B3 (1.2, 1.4, 300, 0.3), B4 (1.4, 1.8, 380, 0.4), B5 (1.6, 2.2, 456, 0.4), B6 (1.8, 2.6, 528, 0.5),
-B7 (2.0, 3.1, 600, 0.5). A stage of n blocks gets ceil(d n) blocks; a layer of c channels gets w c rounded
-to the nearest multiple of 8, not more than 10% below w c (`round_filters`).
-
-The baseline B0 (Table 1):      stage  operator             resolution  channels  layers
-                                1      conv 3x3, stride 2   224         32        1
-                                2      MBConv1, k3x3        112         16        1
-                                3      MBConv6, k3x3        112         24        2
-                                4      MBConv6, k5x5        56          40        2
-                                5      MBConv6, k3x3        28          80        3
-                                6      MBConv6, k5x5        14          112       3
-                                7      MBConv6, k5x5        14          192       4
-                                8      MBConv6, k3x3        7           320       1
-                                9      conv 1x1, pool, fc   7           1280      1
-(the resolution column is each stage's input; the first block of stages 3, 4, 5 and 7 has stride 2.)
+FLOPs grow as d w^2 r^2, so each unit of phi about doubles them. The baseline B0 (Table 1, `B0` below)
+was found by architecture search; B1..B7 scale it by the reference implementation's (w, d, resolution,
+dropout) (`COEFFICIENTS`), close to but not exactly the powers above. A stage of n blocks gets ceil(d n)
+blocks; c channels become w c rounded to a multiple of 8, at most 10% below w c (`round_filters`).
 
 The block, MBConv_t (MobileNet v2's inverted residual, with three additions):
-  - 1x1 expansion to t c_in channels, BN, Swish; k x k depthwise conv, BN, Swish; then
-  - squeeze-and-excitation (Hu et al. 2018): average the map to one number per channel ("squeeze"), a
-    two-layer bottleneck (t c_in -> max(1, c_in / 4) -> t c_in, Swish then sigmoid) gives each channel a
-    gate s_c in (0, 1), and the map is rescaled, x_c * s_c ("excite"): channels reweighted by global
-    context at a cost of a few parameters;
-  - 1x1 projection to c_out, BN, no activation (the linear bottleneck);
+  - 1x1 expansion to t c_in channels, BN, Swish (x sigmoid(x), Ramachandran et al. 2017); k x k
+    depthwise conv, BN, Swish; then
+  - squeeze-and-excitation (Hu et al. 2018): s = sigmoid(W2 swish(W1 mean_hw(x))), one gate in (0, 1)
+    per channel (bottleneck t c_in -> max(1, c_in / 4) -> t c_in), and x_c <- x_c s_c: channels
+    reweighted by global context for a few parameters; 1x1 projection to c_out, BN, no activation;
   - the identity shortcut when stride 1 and c_in = c_out, through stochastic depth (Huang et al. 2016):
-    in training each example's residual branch is dropped (zeroed) with probability p_drop and otherwise
-    scaled by 1/(1 - p_drop), so its expectation is unchanged; in evaluation it is always kept as is. A
-    randomly shallower network per example, an ensemble of depths. The paper quotes a survival probability
-    of 0.8; its reference code, followed here, raises p_drop linearly with depth, 0.2 i / N for block i
-    of N (0 for the first block, just under 0.2 for the last).
-  - Swish, x sigmoid(x) (Ramachandran et al. 2017, also called SiLU): smooth, non-monotonic, better than
-    ReLU in deep searched networks.
-Counts (1000 classes): B0 5,288,548, B1 7,794,184 parameters (the torchvision counts; B1 differs only by
-depth, ceil(1.1 n) blocks per stage), 0.39B FLOPs at 224 for B0 (the paper counts multiply-adds as FLOPs).
-BatchNorm uses the reference's eps 1e-3 but PyTorch's momentum 0.1 (the reference's 0.01 averages over
-some 100 steps: too slow for a short run); dropout before the classifier as listed.
-Initialisation: Kaiming normal (fan_out) convs with zero biases, BatchNorm weight 1 bias 0, PyTorch's default
-for the classifier. Small input (28x28): the first conv has stride 1 (the map goes
-28 -> 14 -> 7 -> 4 -> 2), and one can narrow every model with `width_mult` for CPU runs.
+    in training each example's branch is zeroed with probability p_drop, else scaled by 1/(1 - p_drop)
+    (the expectation is unchanged); in evaluation it is kept as is. p_drop rises linearly with depth,
+    0.2 i / N for block i of N, as in the reference code (the paper quotes survival 0.8).
+Counts (1000 classes): B0 5,288,548, B1 7,794,184 (torchvision's), 0.39B multiply-adds at 224 for B0.
+BatchNorm: the reference's eps 1e-3, PyTorch's momentum 0.1. Init: Kaiming normal (fan_out) convs,
+BN 1 and 0. Small input (28x28): the stem has stride 1 (28 -> 14 -> 7 -> 4 -> 2); `width_mult` narrows.
 
 Reading: M. Tan and Q. V. Le (2019), "EfficientNet: Rethinking Model Scaling for Convolutional Neural
 Networks", ICML, https://arxiv.org/abs/1905.11946 (eq. 3: compound scaling; Table 1: B0); J. Hu, L. Shen
@@ -60,10 +35,7 @@ Arc: Deep convolutional models: case studies -- EfficientNet.
 
 Run:  python 04-cnns/efficientnet_torch.py          (B0 at width 0.5, 6k images, 3 epochs: minutes)
       python 04-cnns/efficientnet_torch.py --smoke  (seconds: B0 at width 0.25, 2,000 images, 1 epoch)
-      python 04-cnns/efficientnet_torch.py --arch efficientnet_b3 --width 1 --n-train 60000 --epochs 30 --device cuda
-Measured (default run, seed 0, 1 CPU thread on a 2-core machine shared with other jobs): test accuracy
-0.7658 on the 10,000 test images after 3 epochs (0.32, 0.74, 0.77), 59-74 s per epoch (1,077,644 parameters):
-trained on 6,000 images (the MobileNet scripts use 10,000), as each image costs about twice as much.
+      python 04-cnns/efficientnet_torch.py --arch efficientnet_b3 --width 1 --n-train 60000 --device cuda
 Look first at `MBConv.forward` (expand, depthwise, excite, project, drop the branch), then at
 `EfficientNet.__init__`, where `round_filters` and `round_repeats` turn (w, d) into channels and blocks.
 """
@@ -82,7 +54,16 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## The pieces: squeeze-and-excitation, stochastic depth, the MBConv block
@@ -306,6 +287,7 @@ def augment(x, gen, pad=2):
     return torch.where(flip, out.flip(3), out)
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py.
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -375,19 +357,22 @@ def plot_learning_curves(hist, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="efficientnet_b0", choices=sorted(MODELS), help="model (default efficientnet_b0)")
-    p.add_argument("--width", type=float, default=None,
+    p.add_argument("--width", type=positive_float, default=None,
                    help="multiplies the model's width coefficient w for CPU runs (default 0.5; 0.25 with --smoke)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 16 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.05,
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 16 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.05,
                    help="peak SGD learning rate, cosine-decayed (default 0.05: 0.1 makes the first steps diverge)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (default 5e-4)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (default 6000; 2000 with --smoke)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default 10000; 1000 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and augmentation (default 0)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 weight decay (default 5e-4)")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="training images (default 6000; 2000 with --smoke)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="test images (default 10000; 1000 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, minibatch order and augmentation (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/efficientnet_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
@@ -397,15 +382,11 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.n_train, args.n_test) < 1 or args.lr <= 0 or args.width <= 0:
-        p.error("--epochs, --batch-size, --n-train, --n-test, --lr and --width must be positive")
-    if args.weight_decay < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--weight-decay must be >= 0 and --threads positive")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)

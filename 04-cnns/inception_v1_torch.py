@@ -1,64 +1,42 @@
 """GoogLeNet / Inception v1 (Szegedy et al. 2014): parallel 1x1, 3x3, 5x5 and pooling branches, made cheap
 by 1x1 convolutions (the Network in Network idea), with two auxiliary classifiers, in PyTorch.
 
-Network in Network (Lin et al. 2013): 1x1 convolutions. A 1x1 convolution with c_in inputs and c_out
-outputs applies the same fully connected layer W (c_out x c_in) to the channel vector of every pixel:
+Network in Network (Lin et al. 2013). A 1x1 convolution applies one fully connected layer W (c_out x c_in)
+to the channel vector of every pixel; followed by a ReLU it is a small per-pixel MLP (NiN's "mlpconv"):
 
     y[:, i, j] = W x[:, i, j] + b                      (no spatial mixing; a per-pixel linear layer)
 
-Followed by a ReLU it is a small per-pixel MLP across channels (NiN's "mlpconv"). GoogLeNet uses it mostly
-to REDUCE the channel count before an expensive 3x3 or 5x5 convolution. Inception 3a at 28x28 reads 192
-channels; its 5x5 branch writes 32:
-    without reduction: 5x5 conv 192 -> 32:        28*28 * 32*192*25               = 120,422,400 mult-adds
-                                                  weights 32*192*25               =     153,600
-    with a 1x1 to 16 first (the paper's module): 28*28 * (16*192 + 32*16*25)    =  12,443,648 mult-adds
-                                                  weights 16*192 + 32*16*25       =      15,872
-so the branch costs 9.7 times less compute and parameters for the same output shape. Without reductions a
-stack of such modules would blow up (the pooling branch keeps all input channels, so the concatenated
-output width only grows); 1x1 projections on every expensive branch and after the pool keep it in check.
-NiN's second idea is global average pooling: average each final feature map to one number and feed that
-(straight, or through one linear layer as here) to the softmax, in place of AlexNet/VGG's huge fully
-connected layers (VGG-16's first FC layer alone has 102.8M weights; GoogLeNet's whole classifier 1.0M).
+GoogLeNet uses it mostly to REDUCE the channels before an expensive conv. Inception 3a at 28x28 reads 192
+channels and its 5x5 branch writes 32: directly, 28*28 * 32*192*25 = 120,422,400 mult-adds and 153,600
+weights; with a 1x1 to 16 first, 28*28 * (16*192 + 32*16*25) = 12,443,648 and 15,872: 9.7 times less.
+NiN's second idea, global average pooling (one number per final map, then one linear layer), replaces
+AlexNet/VGG's huge FC layers (VGG-16's first alone has 102.8M weights; GoogLeNet's classifier 1.0M).
 
-What GoogLeNet adds. The Inception module runs four branches on the same input and concatenates them
-along channels: a 1x1 conv; 1x1 reduce -> 3x3; 1x1 reduce -> 5x5; 3x3 max-pool -> 1x1 projection (Figure
-2b). The network can pick, per layer, how much of each receptive field size to use, while the 1x1
-reductions keep the cost near that of a plain convolutional layer. Nine modules (Table 1) sit between a
-conventional stem and a global average pool, 22 layers with parameters deep. Two auxiliary classifiers on
-the outputs of 4a and 4d (5x5/3 average pool -> 1x1 conv 128 -> FC 1024 -> dropout 0.7 -> FC) add their
-losses, weighted 0.3, to the main loss in training: an extra gradient signal into the middle of a deep
-network (and a regulariser); they are dropped at inference. Here `forward` returns (logits, aux1, aux2) in
-training mode and the logits alone in eval mode; `googlenet_loss` is the weighted sum.
+What GoogLeNet adds. The Inception module runs four branches on one input and concatenates them along
+channels: a 1x1 conv; 1x1 reduce -> 3x3; 1x1 reduce -> 5x5; 3x3 max-pool -> 1x1 projection (Figure 2b),
+so each layer mixes receptive-field sizes at about the cost of a plain conv. Nine modules (Table 1, `MODULES`)
+sit between a stem and a global average pool, 22 layers deep. Two auxiliary classifiers on the outputs
+of 4a and 4d (5x5/3 avg-pool -> 1x1 conv 128 -> FC 1024 -> dropout 0.7 -> FC) add their losses, weighted
+0.3, in training: extra gradient into the middle of the network. `forward` returns (logits, aux1, aux2) in
+training mode, the logits alone in eval mode; `googlenet_loss` is the weighted sum.
 
-Counts (1000 classes, 224x224; each conv without bias, followed by BatchNorm (eps 1e-3) and ReLU):
-    paper's 5x5 convs:        7,005,832 without the auxiliary heads, 13,385,816 with them
-    torchvision (3x3 there):  6,624,904 without, 13,004,888 with (googlenet(kernel5=3) builds it)
-torchvision's "5x5" branch is a 3x3 conv (a known slip that its pretrained weights keep). The difference
-is 25 - 9 = 16 weights per (reduce, out) channel pair of that branch, summed over the nine modules:
+Counts (1000 classes, 224x224; convs without bias, then BatchNorm (eps 1e-3) and ReLU, as every modern
+reimplementation; the paper predates BN): paper's 5x5 convs 7,005,832 (13,385,816 with the auxiliary
+heads); torchvision, whose "5x5" branch is a 3x3 (`googlenet(kernel5=3)`), 6,624,904 (13,004,888). The
+difference, 25 - 9 = 16 weights per (reduce, out) channel pair over the nine modules:
     16 * (16*32 + 32*96 + 16*48 + 24*64 + 24*64 + 32*64 + 32*128 + 32*128 + 48*128) = 16 * 23,808 = 380,928.
-The auxiliary heads: 1x1 conv + BN (512*128 + 256 or 528*128 + 256), FC 2048 -> 1024 (2,098,176) and
-FC 1024 -> 1000 (1,025,000): 3,188,968 + 3,191,016 = 6,379,984. The paper's GoogLeNet has no BatchNorm
-(it predates it; convs with bias, local response normalisation after the stem, which has no parameters);
-BN after every conv is what every modern reimplementation trains and what the reference counts assume.
-`tests/test_inception.py` builds the per-module table (`MODULES`) and asserts all four counts. Compute at
-224x224: 1.58 billion mult-adds here, 1.50 billion with the 3x3 (the paper's "1.5 billion"): the 5x5s add
-16 mult-adds per channel pair and pixel, 16 * (784 * 3,584 + 196 * 9,984 + 49 * 10,240) = 84,295,680.
-Initialisation: Kaiming normal (fan_out) convs, BatchNorm weight 1 bias 0, PyTorch's default linear layers.
-Small input (28x28): the stem's 7x7/2 conv becomes a 3x3 stride-1 conv of 64 and its first max-pool goes;
-the modules then run at 14, 7 and 3 pixels (224: 28, 14, 7), and the auxiliary heads pool their 7x7 input
-to the same 4x4 adaptively. No resizing is needed. `width` scales every channel count for CPU runs.
+Compute at 224x224: 1.58 billion mult-adds, 1.50 billion with the 3x3 (the paper's "1.5 billion").
+Small input (28x28): the stem's 7x7/2 conv becomes 3x3 stride 1 and its first max-pool goes; the modules
+run at 14, 7 and 3 pixels. Init: Kaiming normal (fan_out) convs, BN 1 and 0. `width` scales channels.
 
 Reading: C. Szegedy, W. Liu, Y. Jia et al. (2014), "Going Deeper with Convolutions", CVPR 2015,
-https://arxiv.org/abs/1409.4842 (Figure 2: the module; Table 1: the configuration; section 5: the
-auxiliary classifiers); M. Lin, Q. Chen and S. Yan (2013), "Network In Network",
-https://arxiv.org/abs/1312.4400 (sections 3.1-3.2: mlpconv = 1x1 convolutions; 3.2: global average pooling).
+https://arxiv.org/abs/1409.4842 (Figure 2: the module; Table 1: the configuration; section 5: auxiliary
+classifiers); M. Lin, Q. Chen and S. Yan (2013), "Network In Network", https://arxiv.org/abs/1312.4400.
 Arc: Deep convolutional models: case studies II -- Inception Network (V1); Network in Network: 1x1 convolutions.
 
 Run:  python 04-cnns/inception_v1_torch.py          (GoogLeNet at width 1/8, 10k images, 3 epochs: minutes)
       python 04-cnns/inception_v1_torch.py --smoke  (seconds: width 1/8, 1,000 images, 1 epoch)
       python 04-cnns/inception_v1_torch.py --width 1 --n-train 60000 --epochs 30 --device cuda
-Measured (default run, seed 0, 1 CPU thread on a 2-core machine shared with other jobs): test accuracy
-0.8175 on the 10,000 test images after 3 epochs (0.56, 0.80, 0.82), 38-56 s per epoch (166,774 parameters).
 Look first at `Inception.forward` (four branches, one concatenation), then at `googlenet_loss`.
 """
 
@@ -75,7 +53,16 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## Building blocks: conv-BN-ReLU, the Inception module, the auxiliary classifier
@@ -245,6 +232,7 @@ def augment(x, gen, pad=2):
     return torch.where(flip, out.flip(3), out)
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py.
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -316,17 +304,22 @@ def plot_learning_curves(hist, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="googlenet", choices=sorted(MODELS), help="model (default googlenet)")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier (default and with --smoke 1/8)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate, cosine-decayed (default 0.1)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (default 5e-4)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (default 10000; 1000 with --smoke)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default 10000; 1000 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and augmentation (default 0)")
+    p.add_argument("--width", type=positive_float, default=None,
+                   help="channel multiplier (default and with --smoke 1/8)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.1,
+                   help="peak SGD learning rate, cosine-decayed (default 0.1)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 weight decay (default 5e-4)")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="training images (default 10000; 1000 with --smoke)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="test images (default 10000; 1000 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, minibatch order and augmentation (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/inception_v1_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
@@ -336,15 +329,11 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.n_train, args.n_test) < 1 or args.lr <= 0 or args.width <= 0:
-        p.error("--epochs, --batch-size, --n-train, --n-test, --lr and --width must be positive")
-    if args.weight_decay < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--weight-decay must be >= 0 and --threads positive")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)

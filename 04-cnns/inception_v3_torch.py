@@ -2,58 +2,42 @@
 efficient grid-size reduction, a BatchNorm'ed auxiliary head and label smoothing, in PyTorch.
 
 What the paper adds (covering the arc's "Inception V2/V3" item).
-  - Factorisation into smaller convolutions (section 3.1, Figure 5). A 5x5 conv costs 25/9 = 2.78 times a
-    3x3 of the same width; two stacked 3x3 convs see the same 5x5 window for 18/25 of the cost, with an
-    extra non-linearity between them.
-  - Asymmetric factorisation (section 3.2, Figures 6 and 7). An n x n conv becomes a 1 x n followed by an
-    n x 1: for n = 7, 2 * 7 = 14 weights per channel pair instead of 49 (3.5 times fewer). The paper finds
-    it works on medium grids (12 to 20 pixels), so the 17x17 modules use 1x7 / 7x1 pairs (`InceptionB`),
-    and the 8x8 modules split their 3x3s into parallel 1x3 and 3x1 branches to widen the output
-    (`InceptionC`, Figure 7: "expanded filter bank" for high-dimensional representations).
-  - Efficient grid-size reduction (section 5, Figure 10). Pooling first then convolving loses
-    information (a representational bottleneck); convolving first then pooling costs four times more
-    (2 d^2 k^2 against 2 (d/2)^2 k^2 operations for a d x d grid of k channels going to 2k).
-    Instead a stride-2 conv branch and a stride-2 pooling branch run side by side and are concatenated
-    (`ReductionA`: 35 -> 17, `ReductionB`: 17 -> 8).
-  - Auxiliary classifier as a regulariser (section 4): one head on the 17x17 grid; with BatchNorm in it
-    ("BN-auxiliary") the main classifier improves by 0.4% top-1. Its 5x5 valid conv to 768 on the 5x5
-    pooled map is a fully connected layer written as a conv (one output pixel), so it is batch-normalised.
-  - Label-smoothing regularisation, LSR (section 7): train against q' = (1 - eps) onehot(y) + eps / K
-    instead of onehot(y), eps = 0.1, K = 1000: the loss stops pushing the correct logit to infinity,
+  - Factorisation into smaller convolutions (section 3.1, Figure 5): two stacked 3x3 convs see a 5x5
+    window for 18/25 of its cost, with an extra non-linearity between them.
+  - Asymmetric factorisation (section 3.2, Figures 6 and 7): an n x n conv becomes 1 x n then n x 1, for
+    n = 7 14 weights per channel pair instead of 49. The 17x17 modules use 1x7 / 7x1 pairs (`InceptionB`);
+    the 8x8 modules split their 3x3s into parallel 1x3 and 3x1 branches to widen the output (`InceptionC`).
+  - Efficient grid-size reduction (section 5, Figure 10): pooling first loses information, convolving
+    first costs four times more (2 d^2 k^2 against 2 (d/2)^2 k^2); instead a stride-2 conv branch and a
+    stride-2 pooling branch run side by side and are concatenated (`ReductionA` 35 -> 17, `ReductionB` 17 -> 8).
+  - Auxiliary classifier as a regulariser (section 4): one head on the 17x17 grid, batch-normalised
+    ("BN-auxiliary"); its 5x5 valid conv on the 5x5 pooled map is a fully connected layer written as a conv.
+  - Label-smoothing regularisation, LSR (section 7): train against q' = (1 - eps) onehot(y) + eps / K,
+    eps = 0.1, so the loss stops pushing the correct logit to infinity:
         H(q', p) = (1 - eps) (-log p_y) + eps * mean_k (-log p_k)          (`smoothed_cross_entropy`)
     which is what F.cross_entropy(..., label_smoothing=eps) computes (the test checks).
-Which ideas are "v2" and which "v3". BatchNorm arrived with BN-Inception (Ioffe and Szegedy 2015, often
-called Inception v2), which also replaced the 5x5 convs by two 3x3s. The Rethinking paper calls its
-factorised network of Table 1 (3x3 factorisation, 1xn / nx1 factorisation, the grid-reduction modules)
-"Inception-v2", and "Inception-v3" that network plus, cumulatively (Table 3): RMSProp, label smoothing,
-the stem's first 7x7 conv factorised into 3x3s, and the BN-auxiliary head. The model here is the v3 of
-Table 3 (the layout of the authors' reference implementation, which also keeps a 5x5 branch in the 35x35
-modules beside the double 3x3 one); the training loop is the shared SGD one, with LSR and the
-auxiliary loss (weight 0.3, as in GoogLeNet: the paper gives none) but not RMSProp.
+"v2" or "v3": BN-Inception (Ioffe and Szegedy 2015, often called v2) brought BatchNorm and two 3x3s for
+each 5x5. The Rethinking paper calls its factorised network of Table 1 "Inception-v2", and "Inception-v3"
+that network plus (Table 3) RMSProp, label smoothing, a factorised 7x7 stem conv and the BN-auxiliary
+head. The model here is Table 3's v3 in the layout of the authors' reference code (which keeps a 5x5
+branch in the 35x35 modules); the loop is SGD with LSR and the auxiliary loss (weight 0.3, as in
+GoogLeNet: the paper gives none), without RMSProp.
 
 Counts (1000 classes, 299x299, convs without bias, BatchNorm eps 1e-3): 27,161,264 parameters with the
-auxiliary head, 23,834,568 without (the head: 1x1 conv 768 -> 128 + BN 98,560, 5x5 conv 128 -> 768 + BN
-2,459,136, FC 768 -> 1000 769,000: 3,326,696). `forward` returns (logits, aux) in training mode with
-aux_logits and the logits alone in eval mode. Initialisation: Kaiming normal (fan_out) convs, BatchNorm
-weight 1 bias 0, PyTorch's default linear layers; dropout 0.5 before the classifier (our choice).
-Small input (28x28): the stem's first conv becomes a 3x3 stride-1 conv of 32, every stem conv is padded and
-its first max-pool goes, so the Inception stages run at 13, 6 and 2 pixels (299: 35, 17, 8); the
-auxiliary head pools its 6x6 map to the same 5x5 adaptively. No resizing is needed. `width` scales every
-channel count for CPU runs.
+auxiliary head, 23,834,568 without. `forward` returns (logits, aux) in training mode with aux_logits and
+the logits alone in eval mode. Init: Kaiming normal (fan_out) convs, BN 1 and 0; dropout 0.5 before the
+classifier. Small input (28x28): the first stem conv becomes 3x3 stride 1, every stem conv is padded and
+its first max-pool goes: the stages run at 13, 6 and 2 pixels (299: 35, 17, 8). `width` scales channels.
 
 Reading: C. Szegedy, V. Vanhoucke, S. Ioffe, J. Shlens and Z. Wojna (2015), "Rethinking the Inception
-Architecture for Computer Vision", CVPR 2016, https://arxiv.org/abs/1512.00567 (Figures 5-7 and 10: the
-modules; Table 1: the layout; Table 3: v2 -> v3; section 7: label smoothing); S. Ioffe and C. Szegedy
+Architecture for Computer Vision", CVPR 2016, https://arxiv.org/abs/1512.00567; S. Ioffe and C. Szegedy
 (2015), "Batch Normalization", https://arxiv.org/abs/1502.03167 (BN-Inception).
 Arc: Deep convolutional models: case studies II -- Inception Network (V2/V3).
 
 Run:  python 04-cnns/inception_v3_torch.py          (Inception v3 at width 1/8, 10k images, 3 epochs: minutes)
       python 04-cnns/inception_v3_torch.py --smoke  (seconds: width 1/16, 2,000 images, 1 epoch)
-      python 04-cnns/inception_v3_torch.py --width 1 --n-train 60000 --epochs 30 --device cuda
-Measured (default run, seed 0, 1 CPU thread on a 2-core machine shared with other jobs): test accuracy
-0.7651 on the 10,000 test images after 3 epochs (0.58, 0.73, 0.77), 60-78 s per epoch (387,888 parameters).
-Look first at `InceptionB` (7x7 as 1x7 then 7x1), `ReductionA` (conv and pool side by side) and
-`smoothed_cross_entropy`.
+      python 04-cnns/inception_v3_torch.py --label-smoothing 0 --width 1 --n-train 60000 --device cuda
+Look first at `InceptionB` (7x7 as 1x7 then 7x1), `ReductionA` (conv and pool side by side), `smoothed_cross_entropy`.
 """
 
 # %%
@@ -69,7 +53,17 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    probability,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## Building blocks: conv-BN-ReLU and the five module types
@@ -323,6 +317,7 @@ def augment(x, gen, pad=2):
     return torch.where(flip, out.flip(3), out)
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py.
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -393,18 +388,23 @@ def plot_learning_curves(hist, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="inception_v3", choices=sorted(MODELS), help="model (default inception_v3)")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier (default 1/8; 1/16 with --smoke)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate, cosine-decayed (default 0.1)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (default 5e-4)")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="LSR epsilon (default 0.1, the paper's)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (default 10000; 2000 with --smoke)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default 10000; 1000 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and augmentation (default 0)")
+    p.add_argument("--width", type=positive_float, default=None,
+                   help="channel multiplier (default 1/8; 1/16 with --smoke)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.1,
+                   help="peak SGD learning rate, cosine-decayed (default 0.1)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 weight decay (default 5e-4)")
+    p.add_argument("--label-smoothing", type=probability, default=0.1, help="LSR epsilon (default 0.1, the paper's)")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="training images (default 10000; 2000 with --smoke)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="test images (default 10000; 1000 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, minibatch order and augmentation (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/inception_v3_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
@@ -414,17 +414,11 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.n_train, args.n_test) < 1 or args.lr <= 0 or args.width <= 0:
-        p.error("--epochs, --batch-size, --n-train, --n-test, --lr and --width must be positive")
-    if args.weight_decay < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--weight-decay must be >= 0 and --threads positive")
-    if not 0 <= args.label_smoothing < 1:
-        p.error("--label-smoothing must be in [0, 1)")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,33 +15,27 @@ grid size, repeated, and uniform choices throughout (Figure 9):
     3 x Inception-C (Fig. 6)   8x8x1536: 3x3s split into parallel 1x3 and 3x1 outputs
     average pool -> dropout (keep 0.8) -> linear
 The ideas are v3's (factorisation, grid reduction by parallel conv and pool branches, BatchNorm everywhere);
-what is new is the regular, deeper, wider layout, which by itself reaches the accuracy of the residual
-Inception-ResNet-v2 (Table 2 of the paper: 20.0% against 19.9% top-1 error, single crop), though residual
-connections made training markedly faster (the paper's training curves). The paper trains with RMSProp;
-the loop here is the shared SGD one with plain cross-entropy.
+what is new is the regular, deeper, wider layout, which by itself matches the residual Inception-ResNet-v2
+in the paper (Table 2), though residual connections made training markedly faster. The paper trains with
+RMSProp; the loop here is SGD with plain cross-entropy, at lr 0.05 in batches of 64: this deep (75 convs
+on the longest path) network without residual connections diverges at lr 0.1.
 
-Counts (1000 classes, 299x299; convs without bias, each followed by BatchNorm with its scale and shift,
-eps 1e-3): 42,679,816 parameters, the figure of the imgclsmob and timm implementations. Its pieces: stem
-605,728 + Inception-A 4 x 317,632 + Reduction-A 2,306,112 + Inception-B 7 x 2,936,256 + Reduction-B
-2,747,392 + Inception-C 3 x 4,553,088 + classifier 1536 * 1000 + 1000 = 1,537,000 (the test checks this
-sum). "Valid" convs and pools of the figures (marked V) have no padding; the others keep the size.
-Initialisation: Kaiming normal (fan_out) convs, BatchNorm weight 1 bias 0, PyTorch's default linear layer.
-Small input (28x28): the stem's first conv becomes a 3x3 stride-1 conv of 32, its valid convs are padded
-and its first reduction (max-pool | conv, Figure 3) keeps stride 1, so the blocks run at 13, 6 and 2 pixels
-(299: 35, 17, 8). No resizing is needed. `width` scales every channel count for CPU runs.
+Counts (1000 classes, 299x299; convs without bias, each followed by BatchNorm, eps 1e-3): 42,679,816
+parameters, the figure of the imgclsmob and timm implementations. Its pieces: stem 605,728 + Inception-A
+4 x 317,632 + Reduction-A 2,306,112 + Inception-B 7 x 2,936,256 + Reduction-B 2,747,392 + Inception-C
+3 x 4,553,088 + classifier 1536 * 1000 + 1000 = 1,537,000. "Valid" convs and pools of the figures
+(marked V) have no padding; the others keep the size. Init: Kaiming normal (fan_out) convs, BN 1 and 0.
+Small input (28x28): the stem's first conv becomes 3x3 stride 1, its valid convs are padded and its first
+reduction keeps stride 1: the blocks run at 13, 6 and 2 pixels (299: 35, 17, 8). `width` scales channels.
 
 Reading: C. Szegedy, S. Ioffe, V. Vanhoucke and A. Alemi (2016), "Inception-v4, Inception-ResNet and the
 Impact of Residual Connections on Learning", AAAI 2017, https://arxiv.org/abs/1602.07261 (Figures 3-9:
 the blocks; Table 1: the Reduction-A filter counts).
 Arc: Deep convolutional models: case studies II -- Inception V4.
 
-Run:  python 04-cnns/inception_v4_torch.py          (Inception-v4 at width 1/16, 10k images, 3 epochs: minutes;
-                                                     batches of 64 at lr 0.05: this deep (75 convs on
-                                                     the longest path), unresidual net diverges at lr 0.1)
+Run:  python 04-cnns/inception_v4_torch.py          (Inception-v4 at width 1/16, 10k images, 3 epochs: minutes)
       python 04-cnns/inception_v4_torch.py --smoke  (seconds: width 1/16, 2,000 images, 1 epoch, batches of 16)
       python 04-cnns/inception_v4_torch.py --width 1 --n-train 60000 --epochs 30 --device cuda
-Measured (default run, seed 0, 1 CPU thread on a 2-core machine shared with other jobs): test accuracy
-0.7208 on the 10,000 test images after 3 epochs (0.53, 0.71, 0.72), 37-41 s per epoch (165,400 parameters).
 Look first at `InceptionV4.__init__` (the whole network is 4 A, 7 B, 3 C blocks), then at `Stem`.
 """
 
@@ -58,7 +52,16 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## Building blocks: conv-BN-ReLU, the stem, the three Inception blocks and the two reductions
@@ -270,6 +273,7 @@ def augment(x, gen, pad=2):
     return torch.where(flip, out.flip(3), out)
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py.
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -339,18 +343,21 @@ def plot_learning_curves(hist, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="inception_v4", choices=sorted(MODELS), help="model (default inception_v4)")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier (default and with --smoke 1/16)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 64; 16 with --smoke)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--width", type=positive_float, default=None,
+                   help="channel multiplier (default and with --smoke 1/16)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="minibatch size (default 64; 16 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=None,
                    help="peak SGD learning rate, cosine-decayed (default 0.05)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (default 5e-4)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (default 10000; 2000 with --smoke)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default 10000; 1000 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and augmentation (default 0)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 weight decay (default 5e-4)")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="training images (default 10000; 2000 with --smoke)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="test images (default 10000; 1000 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, minibatch order and augmentation (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/inception_v4_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
@@ -360,15 +367,11 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.n_train, args.n_test) < 1 or args.lr <= 0 or args.width <= 0:
-        p.error("--epochs, --batch-size, --n-train, --n-test, --lr and --width must be positive")
-    if args.weight_decay < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--weight-decay must be >= 0 and --threads positive")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)

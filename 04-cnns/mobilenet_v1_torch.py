@@ -3,8 +3,7 @@
 What the paper adds. A standard convolution does two jobs at once: it filters space (a D_K x D_K window)
 and mixes channels (every output channel reads every input channel). MobileNet splits them:
   - a depthwise convolution: one D_K x D_K filter per input channel, channel m of the output reads only
-    channel m of the input (a grouped convolution with groups = channels: `nn.Conv2d(M, M, 3,
-    groups=M)`, weight (M, 1, 3, 3));
+    channel m of the input (`nn.Conv2d(M, M, 3, groups=M)`, weight (M, 1, 3, 3));
   - a pointwise convolution: a 1x1 convolution, M -> N channels, that mixes channels and nothing else.
 Each is followed by BatchNorm and ReLU. Cost (mult-adds) on a D_F x D_F output map, M inputs, N outputs:
 
@@ -12,27 +11,22 @@ Each is followed by BatchNorm and ReLU. Cost (mult-adds) on a D_F x D_F output m
     depthwise separable:  D_K^2 M D_F^2  +  M N D_F^2              (depthwise + pointwise)
     ratio:                (D_K^2 M D_F^2 + M N D_F^2) / (D_K^2 M N D_F^2)  =  1/N + 1/D_K^2
 
-For 3x3 kernels 1/D_K^2 = 1/9 dominates: 8 to 9 times fewer operations. The 14x14, 512 -> 512 layers of
-the network: standard 3*3*512*512*14*14 = 462,422,016; separable 3*3*512*14*14 + 512*512*14*14 = 903,168
-+ 51,380,224 = 52,283,392, 8.8 times fewer (parameters likewise: 2,359,296 against 4,608 + 262,144).
-Almost all of the cost is now in the 1x1 convolutions (95% of the mult-adds, Table 2 of the paper), which
-are plain matrix products, the fastest operation there is.
+For 3x3 kernels 1/D_K^2 = 1/9 dominates: 8 to 9 times fewer operations. The 14x14, 512 -> 512 layers:
+standard 3*3*512*512*14*14 = 462,422,016; separable 903,168 + 51,380,224 = 52,283,392, 8.8 times fewer
+(parameters likewise: 2,359,296 against 4,608 + 262,144). Almost all of the cost is now in the 1x1
+convolutions (95% of the mult-adds, Table 2), plain matrix products.
 
 Two hyperparameters trade accuracy for cost:
-  - width multiplier alpha: every layer has alpha M inputs and alpha N outputs, so the cost becomes
-    D_K^2 alpha M D_F^2 + alpha M alpha N D_F^2, about alpha^2 of the original (parameters too);
-    alpha in {1, 0.75, 0.5, 0.25}: 4.2M, 2.6M, 1.3M, 0.5M parameters, 569M, 325M, 149M, 41M mult-adds (Table 6).
-  - resolution multiplier rho: the input is 224 rho pixels (224, 192, 160, 128), every map shrinks by rho,
-    and the cost by rho^2 (569M, 418M, 290M, 186M mult-adds, Table 7); parameters do not change. Here rho is
-    simply the size of the image you feed: the network ends in a global average pool, so any size works.
+  - width multiplier alpha: alpha M inputs and alpha N outputs per layer, about alpha^2 of the cost and
+    parameters; alpha in {1, 0.75, 0.5, 0.25}: 4.2M, 2.6M, 1.3M, 0.5M parameters (Table 6).
+  - resolution multiplier rho: the input is 224 rho pixels, the cost falls by rho^2 (Table 7), parameters
+    stay. Here rho is simply the size of the image you feed: a global average pool ends the network.
 
 The network (Table 1): a standard 3x3 stride-2 conv of 32, then 13 depthwise separable layers (64, 128,
 128, 256, 256, 512, 5 x 512, 1024, 1024; stride 2 where the map halves: 112 -> 56 -> 28 -> 14 -> 7),
-global average pool, a 1024 -> 1000 linear layer. 4,231,976 parameters at alpha = 1 (conv weights, 2 per
-BatchNorm channel, the classifier with its bias; the convs have no bias as BN follows them). Channels at
-alpha < 1 are int(alpha c). Initialisation: Kaiming normal (fan_out) convs, BatchNorm weight 1 bias 0,
-PyTorch's default for the linear layer. Small input (28x28): the first conv has stride 1, so the map
-goes 28 -> 14 -> 7 -> 4 -> 2 through the four stride-2 layers.
+global average pool, a 1024 -> 1000 linear layer. 4,231,976 parameters at alpha = 1 (convs without bias,
+BN follows them). Channels at alpha < 1 are int(alpha c). Init: Kaiming normal (fan_out) convs, BN 1 and 0.
+Small input (28x28): the first conv has stride 1, so the map goes 28 -> 14 -> 7 -> 4 -> 2.
 
 Reading: A. G. Howard, M. Zhu, B. Chen, D. Kalenichenko, W. Wang, T. Weyand, M. Andreetto and H. Adam
 (2017), "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications",
@@ -42,9 +36,6 @@ Arc: Deep convolutional models: case studies -- MobileNet (v1).
 Run:  python 04-cnns/mobilenet_v1_torch.py          (width 0.5, 10k images, 3 epochs: minutes)
       python 04-cnns/mobilenet_v1_torch.py --smoke  (seconds: width 0.25, 2,000 images, 1 epoch)
       python 04-cnns/mobilenet_v1_torch.py --width 1 --n-train 60000 --epochs 30 --device cuda
-Measured (default run, seed 0, 1 CPU thread on a 2-core machine shared with other jobs): test accuracy
-0.8006 on the 10,000 test images after 3 epochs (0.23, 0.78, 0.80: after one epoch of large steps BatchNorm's
-running statistics still lag the weights), 31-71 s per epoch (823,434 parameters).
 Look first at `DepthwiseSeparable.forward` (the depthwise conv is the `groups=c_in` argument), then at
 the cost ratio above, which the code's two convs make concrete.
 """
@@ -62,7 +53,16 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## The depthwise separable layer: 3x3 depthwise conv (space), 1x1 pointwise conv (channels)
@@ -167,6 +167,7 @@ def augment(x, gen, pad=2):
     return torch.where(flip, out.flip(3), out)
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py.
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -236,17 +237,22 @@ def plot_learning_curves(hist, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="mobilenet_v1", choices=sorted(MODELS), help="model (default mobilenet_v1)")
-    p.add_argument("--width", type=float, default=None, help="width multiplier alpha (default 0.5; 0.25 with --smoke)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate, cosine-decayed (default 0.1)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (default 5e-4)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (default 10000; 2000 with --smoke)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default 10000; 1000 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and augmentation (default 0)")
+    p.add_argument("--width", type=positive_float, default=None,
+                   help="width multiplier alpha (default 0.5; 0.25 with --smoke)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.1,
+                   help="peak SGD learning rate, cosine-decayed (default 0.1)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 weight decay (default 5e-4)")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="training images (default 10000; 2000 with --smoke)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="test images (default 10000; 1000 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, minibatch order and augmentation (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/mobilenet_v1_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
@@ -256,15 +262,11 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.n_train, args.n_test) < 1 or args.lr <= 0 or args.width <= 0:
-        p.error("--epochs, --batch-size, --n-train, --n-test, --lr and --width must be positive")
-    if args.weight_decay < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--weight-decay must be >= 0 and --threads positive")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)

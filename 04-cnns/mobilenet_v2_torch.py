@@ -11,42 +11,32 @@ expansion factor t and stride s:
 
   - Inverted residual. A ResNet bottleneck is wide -> narrow -> wide with the shortcut between the wide
     ends. Here the block is narrow -> wide (t = 6) -> narrow and the shortcut links the narrow ends: the
-    tensors that travel between blocks (and sit in memory) are the small ones; the expensive wide
-    tensor lives only inside the block, where the depthwise conv keeps it cheap (its cost is linear in
-    the width, not quadratic).
-  - Linear bottleneck. Why no ReLU after the projection? The paper's argument (section 3.2, Figure 1): the
-    "manifold of interest" in a layer's activations lies in a low-dimensional subspace. ReLU zeroes
-    every coordinate that is negative; in a space of few dimensions that collapses large parts of the
-    manifold onto the axes and the information there is gone for good. Figure 1 embeds a 2-D spiral into
-    n dimensions with a random matrix T, applies ReLU and maps back with T^-1: for n = 2 or 3 the spiral
-    is destroyed, for n = 15 or 30 it survives. So the nonlinearity is applied only in the expanded
-    (6x wider) space, and the narrow output is kept linear. Putting a ReLU there costs accuracy
-    (Figure 6a of the paper).
+    tensors that travel between blocks are the small ones; the wide tensor lives only inside the block,
+    where the depthwise conv keeps it cheap (its cost is linear in the width, not quadratic).
+  - Linear bottleneck (section 3.2, Figure 1): the "manifold of interest" of a layer's activations lies
+    in a low-dimensional subspace, and ReLU, zeroing every negative coordinate, collapses much of it in a
+    space of few dimensions (a 2-D spiral embedded in n dimensions, passed through ReLU and mapped back,
+    is destroyed for n = 2 or 3 and survives for n = 15 or 30). So the nonlinearity acts only in the
+    expanded space, and the narrow output stays linear (a ReLU there costs accuracy, Figure 6a).
   - ReLU6, min(max(x, 0), 6): bounded activations, robust for low-precision (mobile) arithmetic.
   - Width multiplier and rounding: every channel count c becomes make_divisible(alpha c), the nearest
-    multiple of 8 (never below 8, never more than 10% below alpha c), because hardware runs channel
-    counts that are multiples of 8 fastest. The last conv keeps 1280 channels when alpha < 1 (the paper:
-    "we apply width multiplier to all layers except the very last convolutional layer").
+    multiple of 8 (never below 8, never more than 10% below alpha c); the last conv keeps 1280 channels
+    when alpha < 1 ("except the very last convolutional layer").
 
 The network (Table 2): conv 3x3/2 of 32, then 17 bottleneck blocks in 7 sequences (t, c, n, s) =
 (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)
 (the first block of a sequence has stride s, the others 1; t = 1 has no expansion conv), a 1x1 conv to
 1280, global average pool, dropout 0.2, a linear classifier. 3,504,872 parameters at alpha = 1 (the
-torchvision count; the paper prints 3.4M) and about 300M mult-adds at 224x224. Initialisation: Kaiming
-normal (fan_out) convs, BatchNorm weight 1 bias 0, the classifier N(0, 0.01) with zero bias. Small
-input (28x28): the first conv has stride 1 (the map goes 28 -> 14 -> 7 -> 4 -> 2).
+torchvision count; the paper prints 3.4M) and about 300M mult-adds at 224x224. Init: Kaiming normal
+(fan_out) convs, BN 1 and 0, the classifier N(0, 0.01). Small input (28x28): the first conv has stride 1.
 
 Reading: M. Sandler, A. Howard, M. Zhu, A. Zhmoginov and L.-C. Chen (2018), "MobileNetV2: Inverted
-Residuals and Linear Bottlenecks", CVPR, https://arxiv.org/abs/1801.04381 (Figure 1: ReLU on
-low-dimensional manifolds; Table 1: the block; Table 2: the network).
+Residuals and Linear Bottlenecks", CVPR, https://arxiv.org/abs/1801.04381 (Tables 1, 2: block, network).
 Arc: Deep convolutional models: case studies -- MobileNet (v2).
 
 Run:  python 04-cnns/mobilenet_v2_torch.py          (width 0.5, 10k images, 3 epochs: minutes)
       python 04-cnns/mobilenet_v2_torch.py --smoke  (seconds: width 0.25, 2,000 images, 1 epoch)
       python 04-cnns/mobilenet_v2_torch.py --width 1 --n-train 60000 --epochs 30 --device cuda
-Measured (default run, seed 0, 1 CPU thread on a 2-core machine shared with other jobs): test accuracy
-0.8160 on the 10,000 test images after 3 epochs (0.70, 0.80, 0.82), 65-77 s per epoch (700,202 parameters):
-fewer parameters than MobileNet v1 at the same width, but more, thinner layers, so slower on a CPU.
 Look first at `InvertedResidual.forward`: expand, filter, project, and the ReLU that is not there.
 """
 
@@ -63,7 +53,16 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## Channel rounding and the inverted residual block
@@ -189,6 +188,7 @@ def augment(x, gen, pad=2):
     return torch.where(flip, out.flip(3), out)
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py.
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -258,18 +258,22 @@ def plot_learning_curves(hist, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="mobilenet_v2", choices=sorted(MODELS), help="model (default mobilenet_v2)")
-    p.add_argument("--width", type=float, default=None, help="width multiplier alpha (default 0.5; 0.25 with --smoke)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.05,
+    p.add_argument("--width", type=positive_float, default=None,
+                   help="width multiplier alpha (default 0.5; 0.25 with --smoke)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.05,
                    help="peak SGD learning rate, cosine-decayed (default 0.05: 0.1 makes the first steps diverge)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (default 5e-4)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (default 10000; 2000 with --smoke)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default 10000; 1000 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and augmentation (default 0)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 weight decay (default 5e-4)")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="training images (default 10000; 2000 with --smoke)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="test images (default 10000; 1000 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, minibatch order and augmentation (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/mobilenet_v2_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
@@ -279,15 +283,11 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.n_train, args.n_test) < 1 or args.lr <= 0 or args.width <= 0:
-        p.error("--epochs, --batch-size, --n-train, --n-test, --lr and --width must be positive")
-    if args.weight_decay < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--weight-decay must be >= 0 and --threads positive")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)

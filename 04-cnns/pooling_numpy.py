@@ -8,33 +8,21 @@ position, per example n and channel c:
     max:      out[n, c, i, j] = max_{a < kh, b < kw} P[n, c, i*sh + a, j*sw + b]
     average:  out[n, c, i, j] = (1 / (kh kw)) sum_{a, b} P[n, c, i*sh + a, j*sw + b]
 
-Output size, per spatial axis with input size n, kernel k, stride s and padding p: the padded axis
-has n + 2p cells, a window starting at cell t covers t .. t + k - 1, so the window starts that fit
-are t = 0, s, 2s, ... up to n + 2p - k, and there are
+Output size per axis (input n, kernel k, stride s, padding p): windows start at 0, s, 2s, ... up to
+n + 2p - k, so there are n_out = floor((n + 2p - k) / s) + 1 of them (floor: a last partial window is
+dropped, torch's default ceil_mode=False). Padding is -inf for max pooling (it never wins a window)
+and 0 for average pooling, where it counts in the divisor kh*kw (torch's count_include_pad=True). As
+torch, we require p <= k/2 (every window holds a real pixel); stride defaults to the kernel size.
 
-    n_out = floor((n + 2p - k) / s) + 1
+Why pool (d2l 7.5; Goodfellow et al. 9.3): the maximum of a window does not change when its strongest
+response moves inside it (invariance to small shifts); 2x2 / stride 2 quarters the activations, so
+later layers see more of the image at a lower cost; and there are no parameters, nothing to overfit.
 
-of them (floor: a last partial window is dropped, torch's default ceil_mode=False). Padding is
--inf for max pooling (padding never wins a window) and 0 for average pooling, where it counts in
-the divisor kh*kw (torch's default count_include_pad=True). As torch, we require p <= k/2, so that
-every window holds at least one real pixel, and stride defaults to the kernel size
-(non-overlapping windows, the usual 2x2 / stride 2 halving).
-
-Why pool (d2l 7.5; Goodfellow et al. 9.3):
-- invariance to small shifts: the maximum of a window does not change when its strongest response
-  moves inside the window, so a feature detected one pixel to the left still gives the same output;
-- it shrinks the spatial size (2x2 / stride 2 quarters the activations), so later layers see a
-  larger part of the image (a bigger receptive field) at a lower cost;
-- no parameters: it adds a fixed, cheap summary to the network, nothing to overfit.
-
-The backward passes. Average pooling is linear: each output spreads its gradient evenly,
-dout / (kh kw), over the cells of its window. Max pooling is, around a given x, a selection:
-out[i, j] = P[argmax of its window], so dL/dP is dout[i, j] at that argmax and 0 at the other cells
-of the window; where windows overlap (stride < kernel) a cell that wins several windows collects
-the sum of their gradients. Ties: the gradient goes to one cell only, the first maximum in
-row-major order, as torch does (max is not differentiable at a tie; any one choice is a valid
-subgradient). Both backward passes loop over the kh*kw offsets of the window, each a strided add
-over all windows at once, then crop the padding away.
+The backward passes. Average pooling is linear: each output spreads dout / (kh kw) over its window.
+Max pooling is, around a given x, a selection out[i, j] = P[argmax of its window], so dL/dP is
+dout[i, j] at that argmax and 0 elsewhere; a cell that wins several overlapping windows collects the
+sum. Ties: the first maximum in row-major order takes the gradient, as in torch (any one choice is a
+valid subgradient). Both loop over the kh*kw window offsets, a strided add each, then crop the padding.
 
 Reading: d2l 7.5 "Pooling", https://d2l.ai/chapter_convolutional-neural-networks/pooling.html;
 I. Goodfellow, Y. Bengio, A. Courville, "Deep Learning" (2016), 9.3 "Pooling",
@@ -57,7 +45,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from numpy.lib.stride_tricks import sliding_window_view
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, save_metrics
+from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, nonneg_int, positive_int, save_metrics
 
 # %% [markdown]
 # ## Geometry: int-or-pair arguments, checks, the output size
@@ -261,18 +249,19 @@ def plot_pooling(images, edges, labels, results, path):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n-images", type=int, default=None,
+    p.add_argument("--n-images", type=positive_int, default=None,
                    help="test images in the figure (default 2; 1 with --smoke); the shift statistic uses "
                         "the first 1,000 test images (200 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the choice of images and the self-check (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds the choice of images and the self-check (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/pooling_numpy)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a few real images")
     args = p.parse_args(argv)
     if args.n_images is None:
         args.n_images = 1 if args.smoke else 2
-    if not 1 <= args.n_images <= 8:
-        p.error("--n-images must be between 1 and 8")
+    if args.n_images > 8:
+        p.error(f"argument --n-images: at most 8, got {args.n_images}")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -6,54 +6,37 @@ The paper moves BN and ReLU to the front of F ("pre-activation"), and leaves the
 
     x_{l+1} = x_l + F(x_l, W_l),    F = conv(ReLU(BN(conv(ReLU(BN(x_l))))))     (basic unit; eq. 1-2)
 
-Unrolled from a shallow unit l to a deep unit L, this is a sum (eq. 4):
-
-    x_L = x_l + sum_{i=l}^{L-1} F(x_i, W_i)
-
-so every deep feature is the shallow one plus residuals, and the gradient of the loss E is (eq. 5)
-
-    dE/dx_l = dE/dx_L * (1 + d/dx_l sum_{i=l}^{L-1} F(x_i, W_i))
+Unrolled from a shallow unit l to a deep unit L, this is a sum (eq. 4), and so is the gradient (eq. 5):
+    x_L = x_l + sum_{i=l}^{L-1} F(x_i, W_i),    dE/dx_l = dE/dx_L * (1 + d/dx_l sum_{i=l}^{L-1} F(x_i, W_i))
 
 The "1" carries dE/dx_L to every unit unchanged, through no weight and no non-linearity: it cannot vanish,
-whatever the weights, and to cancel it the other term would have to be exactly -1 for every example of
-a minibatch, which in general it is not. Anything on the shortcut breaks this: a scaling lambda gives
-prod lambda_i (vanishing or exploding, section 3), and a ReLU after the addition (the original design)
-truncates the signal at every unit. The paper measures it: ResNet-1001 on CIFAR-10 falls from 7.61% error
-(original units) to 4.92% (pre-activation), Table 3.
+whatever the weights (the other term would have to be exactly -1 for every example of a minibatch).
+Anything on the shortcut breaks this: a scaling lambda gives prod lambda_i (vanishing or exploding,
+section 3), and a ReLU after the addition (the original design) truncates the signal at every unit; the
+paper's ResNet-1001 on CIFAR-10 trains to a markedly lower error with pre-activation units (Table 3).
 
-Why identity shortcuts help at all (UDL chapter 11; Balduzzi et al. 2017, "The Shattered Gradients
-Problem"): in a deep plain network the gradient with respect to the input becomes, as depth grows, like
-white noise (the gradients at neighbouring inputs become uncorrelated: "shattered"), so it carries
-little information for learning. The correlation decays exponentially with depth in a plain network but
-only like 1 / sqrt(depth) in a residual one, whose identity paths keep the gradient close to that of a
-shallow network. Pre-activation also regularises (section 4.2): every weight layer's input is normalised,
-whereas in the original unit BN's output is added to the shortcut and the sum goes on unnormalised.
+Why identity shortcuts help at all (UDL chapter 11; Balduzzi et al. 2017): the input gradient of a deep
+plain network "shatters" (its correlation between neighbouring inputs decays exponentially with depth,
+only like 1 / sqrt(depth) in a residual one). Pre-activation also normalises every weight layer's input.
 
-The ordering here: every unit is BN-ReLU-conv(-BN-ReLU-conv ...) with nothing after the addition. Section
-4.1: the first unit follows the stem's conv, so its pre-activation is the stem's BN-ReLU ("right after
-conv1, before splitting into two paths"); after the last unit an extra BN-ReLU comes before pooling.
-Projection shortcuts (1x1 conv, stride 2, where shapes change) read the pre-activated input.
+The ordering here: every unit is BN-ReLU-conv(-BN-ReLU-conv ...) with nothing after the addition. The
+first unit's pre-activation is the stem's BN-ReLU (section 4.1); after the last unit an extra BN-ReLU
+comes before pooling. Projection shortcuts (1x1 conv, stride 2) read the pre-activated input.
 ImageNet models keep ResNet v1's layout: stem 7x7/2 + max-pool 3x3/2; basic units (2,2,2,2) and (3,4,6,3)
-for 18 and 34, bottleneck units (3,4,6,3), (3,4,23,3), (3,8,36,3) for 50, 101, 152; widths 64 -> 512;
-stride 2 in the first 3x3 conv of stages 2-4. The CIFAR
-models of the paper: a 3x3 stem of 16, 3 stages of 16 / 32 / 64 channels, preact_resnet110 with 18
-basic units per stage (6n+2, n = 18) and preact_resnet164 with 18 bottleneck units per stage (9n+2; outputs
-64 / 128 / 256), both 1.7M parameters with 10 classes (Table 3). Small input (28x28): a 3x3 stride-1
-stem and no max-pool; `width` scales every channel count for CPU runs. Initialisation: Kaiming normal
-(fan_out) convs, BatchNorm weight 1 bias 0, PyTorch's default for the linear layer.
+for 18 and 34, bottleneck units (3,4,6,3), (3,4,23,3), (3,8,36,3) for 50, 101, 152; widths 64 -> 512.
+The paper's CIFAR models: a 3x3 stem of 16, stages of 16 / 32 / 64 channels, preact_resnet110 (18 basic
+units per stage) and preact_resnet164 (18 bottleneck units), both 1.7M parameters (Table 3). Small input
+(28x28): a 3x3 stride-1 stem, no max-pool; `width` scales channels. Init: Kaiming normal convs, BN 1 and 0.
 
 Reading: K. He, X. Zhang, S. Ren and J. Sun (2016), "Identity Mappings in Deep Residual Networks", ECCV,
 https://arxiv.org/abs/1603.05027 (Figure 4e: the full pre-activation unit; eq. 4-5); D. Balduzzi et al.
-(2017), "The Shattered Gradients Problem: If resnets are the answer, then what is the question?", ICML,
-https://arxiv.org/abs/1702.08591; S. J. D. Prince (2023), "Understanding Deep Learning", chapter 11
-(residual networks), https://udlbook.github.io/udlbook/.
+(2017), "The Shattered Gradients Problem", ICML, https://arxiv.org/abs/1702.08591; S. J. D. Prince
+(2023), "Understanding Deep Learning", chapter 11, https://udlbook.github.io/udlbook/.
 Arc: Deep convolutional models: case studies -- ResNets: ResNet v2 (pre-activation).
 
 Run:  python 04-cnns/resnet_v2_torch.py          (preact_resnet18 at width 1/4, 10k images, 3 epochs: minutes)
       python 04-cnns/resnet_v2_torch.py --smoke  (seconds: width 1/8, 2,000 images, 1 epoch)
-      python 04-cnns/resnet_v2_torch.py --arch preact_resnet164 --width 1 --n-train 60000 --epochs 30 --device cuda
-Measured (default run, seed 0, 1 CPU thread on a 2-core machine shared with other jobs): test accuracy
-0.8043 on the 10,000 test images after 3 epochs (0.59, 0.77, 0.80), 28 s per epoch (700,730 parameters).
+      python 04-cnns/resnet_v2_torch.py --arch preact_resnet164 --width 1 --n-train 60000 --device cuda
 Look first at `PreActBlock.forward`: the addition is the last thing a unit does; nothing touches x.
 """
 
@@ -70,7 +53,16 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## The units: BN-ReLU-conv twice (basic) or three times (bottleneck), then x + F(x)
@@ -248,6 +240,7 @@ def augment(x, gen, pad=2):
     return torch.where(flip, out.flip(3), out)
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py.
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -317,17 +310,22 @@ def plot_learning_curves(hist, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="preact_resnet18", choices=sorted(MODELS), help="model (default preact_resnet18)")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier (default 1/4; 1/8 with --smoke)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate, cosine-decayed (default 0.1)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (default 5e-4)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (default 10000; 2000 with --smoke)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default 10000; 1000 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and augmentation (default 0)")
+    p.add_argument("--width", type=positive_float, default=None,
+                   help="channel multiplier (default 1/4; 1/8 with --smoke)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.1,
+                   help="peak SGD learning rate, cosine-decayed (default 0.1)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 weight decay (default 5e-4)")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="training images (default 10000; 2000 with --smoke)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="test images (default 10000; 1000 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, minibatch order and augmentation (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/resnet_v2_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
@@ -337,15 +335,11 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.n_train, args.n_test) < 1 or args.lr <= 0 or args.width <= 0:
-        p.error("--epochs, --batch-size, --n-train, --n-test, --lr and --width must be positive")
-    if args.weight_decay < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--weight-decay must be >= 0 and --threads positive")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,47 +6,36 @@ to the identity shortcut:
 
     y = x + sum_{k=1}^{C} T_k(x)                  (eq. 3 of the paper; T_k: branch k, its own weights)
 
-The paper's Figure 3 draws three forms of this block and shows they compute the same function:
-  (a) split-transform-merge: C branches of 1x1 (in -> d), 3x3 (d -> d), 1x1 (d -> out), summed.
-  (b) early concatenation: the last 1x1 convs of the branches are linear, and a sum of linear maps
-      of different inputs is ONE linear map of their concatenation:
-          sum_k W_k h_k = [W_1 ... W_C] [h_1; ...; h_C]        (out x d blocks side by side, (C d) inputs)
-      so the C last 1x1 convs become one 1x1 conv from C d channels to out.
-  (c) grouped convolution: likewise the C first 1x1 convs read the same x, so stacking their weights
-      gives one 1x1 conv from in to C d channels; and the C 3x3 convs each read only their own d
-      channels, which is exactly a 3x3 convolution with `groups=C`: its weight (C d, d, 3, 3) holds the
-      C blocks of (d, d, 3, 3) and output group k sees input group k only.
-  Form (c), the one built here, is 1x1 conv -> grouped 3x3 conv -> 1x1 conv: a ResNet bottleneck of
-  width D = C d whose middle conv is block-diagonal. BatchNorm is per channel, so a BN over the C d
-  concatenated channels is the C branches' BNs side by side. `split_block` rebuilds form (a) from a
-  block of form (c) with the same weights, and tests/test_cnn_case_studies.py checks that both give
-  the same output.
+The paper's Figure 3 draws three forms of this block that compute the same function:
+  (a) split-transform-merge: the C branches, summed.
+  (b) early concatenation: a sum of linear maps of different inputs is ONE linear map of their
+      concatenation, sum_k W_k h_k = [W_1 ... W_C] [h_1; ...; h_C], so the C last 1x1 convs become
+      one 1x1 conv from C d channels to out.
+  (c) grouped convolution: the C first 1x1 convs read the same x, so they stack into one 1x1 conv to
+      C d channels; the C 3x3 convs each read only their own d channels: one 3x3 conv with `groups=C`,
+      weight (C d, d, 3, 3), output group k seeing input group k only.
+  Form (c), built here, is a ResNet bottleneck of width D = C d whose middle conv is block-diagonal
+  (BatchNorm is per channel, so it splits too). `split_block` rebuilds form (a) with the same weights.
 
-Why it works. At equal parameters and FLOPs, the paper finds that more, narrower paths beat a wider or
-deeper ResNet (ResNeXt-50 32x4d: 22.2% top-1 error against ResNet-50's 23.9%, Table 3, same complexity).
-The grouped 3x3 conv costs 1/C of a dense one of the same width, so the budget pays for a wider
-bottleneck (32 x 4 = 128 channels against ResNet's 64 in stage 1). The template stays the ResNet's:
-each stage halves the map (stride 2 in the first block's 3x3 conv) and doubles the widths, the shortcut
-is the identity or a 1x1 projection where shapes change (option B of the ResNet paper).
+Why it works. At equal parameters and FLOPs the paper finds that more, narrower paths beat a wider or
+deeper ResNet (ResNeXt-50 32x4d against ResNet-50, Table 3). The grouped 3x3 conv costs 1/C of a dense
+one of the same width, so the budget pays for a wider bottleneck (32 x 4 = 128 channels against ResNet's
+64 in stage 1). The template stays ResNet's: each stage halves the map (stride 2 in the first block's 3x3)
+and doubles the widths; the shortcut is the identity or a 1x1 projection where shapes change.
 
 Counts (1000 classes, 224x224): ResNeXt-50 32x4d 25,028,904 parameters; with C = 1, d = 64 the block
 is the ResNet-50 bottleneck and the count is ResNet-50's 25,557,032. The CIFAR models of section 5.2
 (ResNeXt-29: 3 stages of 3 blocks, 3x3 stem of 64, outputs 256 / 512 / 1024) have 34.4M (8x64d) and
 68.1M (16x64d) parameters with 10 classes (here 34,426,698 and 68,155,210: the paper truncates to 0.1M).
-Initialisation: Kaiming normal (fan_out) convs, BatchNorm weight 1 bias 0,
-PyTorch's default for the final linear layer. Small input (28x28): a 3x3 stride-1 stem of 64 and no
-max-pool; `width` scales every channel count for CPU runs (d as well; C stays).
+Small input (28x28): a 3x3 stride-1 stem of 64, no max-pool; `width` scales channels (d too; C stays).
 
 Reading: S. Xie, R. Girshick, P. Dollar, Z. Tu and K. He (2017), "Aggregated Residual Transformations for
-Deep Neural Networks", CVPR, https://arxiv.org/abs/1611.05431 (Figure 3: the three forms; Table 1: the
-ResNeXt-50 template); K. He et al. (2016), "Deep Residual Learning", https://arxiv.org/abs/1512.03385.
+Deep Neural Networks", CVPR, https://arxiv.org/abs/1611.05431 (Figure 3; Table 1: the ResNeXt-50 template).
 Arc: Deep convolutional models: case studies -- ResNets: ResNeXt.
 
 Run:  python 04-cnns/resnext_torch.py          (ResNeXt-29 8x64d at width 1/16, 10k images, 3 epochs: minutes)
       python 04-cnns/resnext_torch.py --smoke  (seconds: width 1/32, 1,000 images, 1 epoch)
-      python 04-cnns/resnext_torch.py --arch resnext50_32x4d --width 1 --n-train 60000 --epochs 30 --device cuda
-Measured (default run, seed 0, 1 CPU thread on a 2-core machine shared with other jobs): test accuracy
-0.8474 on the 10,000 test images after 3 epochs (0.34, 0.79, 0.85), 56-66 s per epoch (138,486 parameters).
+      python 04-cnns/resnext_torch.py --arch resnext50_32x4d --width 1 --n-train 60000 --device cuda
 Look first at `Block.forward` (three convs and a shortcut: the grouped conv is the whole idea), then at
 `split_block`, which unfolds it into the C branches of Figure 3(a).
 """
@@ -64,7 +53,16 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## The block, form (c): 1x1 conv, grouped 3x3 conv, 1x1 conv, plus the shortcut
@@ -263,6 +261,7 @@ def augment(x, gen, pad=2):
     return torch.where(flip, out.flip(3), out)
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py.
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -332,17 +331,22 @@ def plot_learning_curves(hist, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="resnext29_8x64d", choices=sorted(MODELS), help="model (default resnext29_8x64d)")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier (default 1/16; 1/32 with --smoke)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak SGD learning rate, cosine-decayed (default 0.1)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (default 5e-4)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (default 10000; 1000 with --smoke)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default 10000; 1000 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and augmentation (default 0)")
+    p.add_argument("--width", type=positive_float, default=None,
+                   help="channel multiplier (default 1/16; 1/32 with --smoke)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.1,
+                   help="peak SGD learning rate, cosine-decayed (default 0.1)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 weight decay (default 5e-4)")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="training images (default 10000; 1000 with --smoke)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="test images (default 10000; 1000 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, minibatch order and augmentation (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/resnext_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
@@ -352,15 +356,11 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.n_train, args.n_test) < 1 or args.lr <= 0 or args.width <= 0:
-        p.error("--epochs, --batch-size, --n-train, --n-test, --lr and --width must be positive")
-    if args.weight_decay < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--weight-decay must be >= 0 and --threads positive")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,48 +1,28 @@
 """Transposed convolution from scratch in NumPy: forward and backward, with stride and padding.
 
 A strided convolution shrinks a feature map; a transposed convolution grows one, with a learned
-kernel. It is the layer U-Net's decoder uses to go back up to the input's resolution ("up-conv 2x2"),
-where fixed interpolation would not learn what to put between the pixels.
-
-What it computes. x (N, C_in, H, W), W (C_in, C_out, kh, kw) as torch lays it out, b (C_out,).
-Each input pixel x[n, ci, i, j] stamps a copy of the kernel W[ci], scaled by its value, into the
-output at position (i*sh, j*sw); overlapping stamps add up; then p rows and columns are cropped
-from each border:
+kernel: U-Net's decoder uses it to go back up to the input's resolution ("up-conv 2x2").
+x (N, C_in, H, W), W (C_in, C_out, kh, kw) as torch lays it out, b (C_out,). Each input pixel stamps
+a copy of its kernel W[ci], scaled by its value, at (i*sh, j*sw); overlapping stamps add up; then
+p rows and columns are cropped from each border:
 
     full[n, co, i*sh + a, j*sw + b] += x[n, ci, i, j] W[ci, co, a, b]     for all i, j, ci, a, b
     out[n, co, y, z] = full[n, co, y + ph, z + pw] + b[co]
+    H_out = (H - 1) sh - 2 ph + kh        (conv2d at the same s, p, k maps H_out back to H)
 
-The full map has (H - 1) sh + kh rows, so the output has  H_out = (H - 1) sh - 2 ph + kh  rows
-(and the same for columns). With these (stride, padding, kernel) it undoes the shape arithmetic of
-a convolution: conv2d maps H_out back to floor((H_out + 2p - k) / s) + 1 = H.
-
-It is the gradient of convolution with respect to its input. A convolution is linear in its
-input: flattened, y = C x for a sparse matrix C holding copies of the kernel. The transposed
-convolution with the same kernel, stride and padding multiplies by C^T; that is the name. In 1-D,
-with input length 5, kernel (w1, w2, w3) and stride 2 (no padding):
+It is the gradient of convolution with respect to its input. Flattened, a convolution is y = C x
+for a sparse C holding copies of the kernel; the transposed convolution multiplies by C^T. In 1-D,
+input length 5, kernel (w1, w2, w3), stride 2:
 
     conv:       [y1]   [w1 w2 w3 0  0 ] [x1 .. x5]^T          y = C x      5 -> 2
                 [y2] = [0  0  w1 w2 w3]
     transposed: C^T [u1, u2]^T = [w1 u1, w2 u1, w3 u1 + w1 u2, w2 u2, w3 u2]       2 -> 5
 
-Reading a row of C^T is reading the scatter above: u1 stamps (w1, w2, w3) at position 0, u2 stamps
-it at position 2, and the stamps overlap at position 2 only. Since backpropagation through y = C x
-gives dL/dx = C^T dL/dy, the forward of this layer is exactly the backward (dx) of a convolution,
-which is how frameworks commonly compute it. And the other way round: this layer's backward with
-respect to x is C dL/dout, an ordinary strided convolution of dout with W (reading W as F = C_in
-filters over C_out channels), at the same stride and padding.
-
-Checkerboard artefacts (Odena, Dumoulin and Olah 2016): when the kernel size is not divisible by
-the stride, stamps overlap unevenly (above: position 2 receives two stamps, its neighbours one),
-so even a constant input gives a periodic pattern in the output. The 1-D k=3, s=2 pattern
-(1, 1, 2, 1, 2, ...) becomes a checkerboard in 2-D. A kernel with k divisible by s (k=4, s=2)
-overlaps evenly; initialised as bilinear interpolation, it upsamples a constant to a constant
-(away from the borders). The figure shows both.
-
-Vectorised: one matrix product forms every stamp, cols[n, i, j, co, a, b] = sum_ci x[n, ci, i, j]
-W[ci, co, a, b], then a loop over the kh*kw kernel offsets adds each slice into the output at
-stride s (a strided add over all pixels at once, never a loop over pixels). The backward reverses
-both steps: gather the same strided slices of dout, then two matrix products give dx and dW.
+Since backpropagation through y = C x gives dL/dx = C^T dL/dy, this layer's forward is a
+convolution's dx, and its own dx is C dL/dout, an ordinary strided convolution of dout with W.
+Checkerboard artefacts (Odena et al. 2016): when k is not divisible by s the stamps overlap unevenly
+(above: position 2 gets two, its neighbours one), so a constant input gives a periodic pattern; k=4,
+s=2 overlaps evenly and, initialised bilinear, upsamples a constant to a constant (the figure shows both).
 
 Reading: V. Dumoulin and F. Visin (2016), "A guide to convolution arithmetic for deep learning",
 chapter 4, https://arxiv.org/abs/1603.07285; A. Odena, V. Dumoulin and C. Olah (2016),
@@ -65,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, save_metrics
+from data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, nonneg_int, save_metrics
 
 # %% [markdown]
 # ## Geometry: int-or-pair arguments, checks, the output size
@@ -244,7 +224,8 @@ def plot_upsampling(rows, path):
 # %%
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seed", type=int, default=0, help="seeds the choice of image and the self-check (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds the choice of image and the self-check (default 0)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/transposed_conv_numpy)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run (the same small demonstration)")

@@ -10,27 +10,21 @@ with a 2x2 max-pool halving the map between stages (and the width doubling, 64 -
     E (VGG-19):  64 64 M 128 128 M 256 256 256 256 M 512 x 4 M 512 x 4 M      16 convs
     then FC 4096 - FC 4096 - FC 1000, dropout 0.5 after each hidden FC: 3 more weight layers
 
-Why it works (section 2.3 of the paper): two stacked 3x3 convolutions see a 5x5 window, three see 7x7,
-with fewer weights and more non-linearities. A 7x7 conv from C to C channels has 49 C^2 weights; three
-3x3 convs have 3 * 9 C^2 = 27 C^2, with a ReLU between each, so the function is more discriminative and
-regularised towards a factorised form. The same thing at every layer makes depth the one knob, and
-the paper measures it: the error falls as depth grows from 11 to 19 weight layers, where it saturates.
+Why it works (section 2.3): two stacked 3x3 convolutions see a 5x5 window, three see 7x7, with fewer
+weights and more non-linearities: a 7x7 conv from C to C channels has 49 C^2 weights, three 3x3 convs
+27 C^2 with a ReLU between each. The same layer everywhere makes depth the one knob.
 
-Counts (1000 classes, 224x224): VGG-11 132,863,336; VGG-16 138,357,544; most of it (102.8M) in the first
-FC layer, 25,088 x 4,096. The `_bn` variants put BatchNorm (Ioffe and Szegedy 2015, after the paper)
-after each conv and keep the conv biases, which is what torchvision's published counts assume.
-Before the classifier we adaptive-average-pool to 7x7, as the common implementation does: at 224x224 it
-is the identity (five pools take 224 to 7), and other input sizes still fit the 25,088-input FC layer.
-Initialisation: the paper trained A from N(0, 0.01) and initialised deeper nets from it, then noted
-that Glorot's scheme trains them directly. We use He's (Kaiming normal, fan_out) for convs and He's
-(fan_in) for the hidden FC layers: N(0, 0.01) scales the signal by 0.01 sqrt(fan_in) per layer, 0.64 at
-4,096 inputs but 0.08 at the 64 of a narrow small-input net, which then does not train. The output
-layer keeps N(0, 0.01) (small initial logits); biases 0, BatchNorm weight 1 and bias 0.
+Counts (1000 classes, 224x224): VGG-11 132,863,336; VGG-16 138,357,544; 102.8M of it in the first FC
+layer, 25,088 x 4,096. The `_bn` variants put BatchNorm (Ioffe and Szegedy 2015) after each conv and
+keep the conv biases, as torchvision's published counts assume. An adaptive average pool to 7x7 before
+the classifier is the identity at 224x224. Initialisation: He (Kaiming normal, fan_out) convs, He
+(fan_in) hidden FCs (the paper's N(0, 0.01) shrinks the signal by 0.01 sqrt(fan_in) per layer, fatal
+in a narrow net), N(0, 0.01) output layer, zero biases. Without BatchNorm (`--arch vgg11`) the plain
+stack trains slowly: the paper initialised deep nets from net A, BN keeps each layer's input standardised.
 
-Small input (`small_input=True`, 28x28 Fashion-MNIST): five pools would take 28 to 0 (28, 14, 7, 3, 1,
-0), so the first pool is dropped (the maps are 28, 28, 14, 7, 3, then 1 after the last pool), the
-classifier pools to 1x1 and its hidden layers have 512 units (times `width`): 4096-wide layers on a
-512-d input would only add weights. `width` scales every channel count (width 0.25: 16 ... 128 channels) for CPU runs.
+Small input (`small_input=True`, 28x28): five pools would take 28 to 0, so the first pool is dropped
+(28, 28, 14, 7, 3, 1), the classifier pools to 1x1 and its hidden layers have 512 units (times
+`width`); `width` scales every channel count for CPU runs.
 
 Reading: K. Simonyan and A. Zisserman (2014), "Very Deep Convolutional Networks for Large-Scale Image
 Recognition", ICLR 2015, https://arxiv.org/abs/1409.1556 (Table 1: the configurations; Table 2: counts).
@@ -39,11 +33,6 @@ Arc: Deep convolutional models: case studies -- classic networks: VGGNet.
 Run:  python 04-cnns/vgg_torch.py          (VGG-11-BN at width 0.25, 10k training images, 3 epochs: minutes)
       python 04-cnns/vgg_torch.py --smoke  (seconds: VGG-11-BN at width 0.125, 2,000 images, 1 epoch)
       python 04-cnns/vgg_torch.py --arch vgg16_bn --width 1 --n-train 60000 --epochs 30 --device cuda
-Measured (default run, seed 0, 1 CPU thread on a 2-core machine shared with other jobs): test accuracy
-0.8025 on the 10,000 test images after 3 epochs (0.74, 0.78, 0.80), 28-48 s per epoch (612,522 parameters).
-Without BatchNorm (`--arch vgg11`) the plain stack barely moves in a smoke run at lr 0.05 and starts
-slowly at 0.01-0.02: the paper's cure was to initialise from the shallower net A, BN's is to keep every
-layer's input standardised, which is why the default is `vgg11_bn`.
 Look first at CONFIGS and `VGG.__init__`: the whole family is one list of widths and pools each.
 """
 
@@ -60,7 +49,16 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from data import DataError, fashion_mnist, minibatches, save_metrics
+from data import (
+    DataError,
+    fashion_mnist,
+    minibatches,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    save_metrics,
+)
 
 # %% [markdown]
 # ## The network: one list per configuration (Table 1 of the paper)
@@ -194,6 +192,7 @@ def augment(x, gen, pad=2):
     return torch.where(flip, out.flip(3), out)
 
 
+# The device picker, as taught in 01-foundations/mlp_torch.py.
 def pick_device(name):
     """'auto' picks cuda, then mps, then cpu; asking for a device this machine lacks is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
@@ -263,17 +262,22 @@ def plot_learning_curves(hist, path, title):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="vgg11_bn", choices=sorted(MODELS), help="configuration (default vgg11_bn)")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier (default 0.25; 0.125 with --smoke)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; 1 with --smoke)")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=float, default=0.05, help="peak SGD learning rate, cosine-decayed (default 0.05)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay (default 5e-4)")
-    p.add_argument("--n-train", type=int, default=None, help="training images (default 10000; 2000 with --smoke)")
-    p.add_argument("--n-test", type=int, default=None, help="test images (default 10000; 1000 with --smoke)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, minibatch order and augmentation (default 0)")
+    p.add_argument("--width", type=positive_float, default=None,
+                   help="channel multiplier (default 0.25; 0.125 with --smoke)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 1 with --smoke)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch size (default 128; 32 with --smoke)")
+    p.add_argument("--lr", type=positive_float, default=0.05,
+                   help="peak SGD learning rate, cosine-decayed (default 0.05)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 weight decay (default 5e-4)")
+    p.add_argument("--n-train", type=positive_int, default=None,
+                   help="training images (default 10000; 2000 with --smoke)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="test images (default 10000; 1000 with --smoke)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds weights, minibatch order and augmentation (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train (default auto: cuda, then mps, then cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/vgg_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
@@ -283,15 +287,11 @@ def main(argv=None) -> dict:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if min(args.epochs, args.batch_size, args.n_train, args.n_test) < 1 or args.lr <= 0 or args.width <= 0:
-        p.error("--epochs, --batch-size, --n-train, --n-test, --lr and --width must be positive")
-    if args.weight_decay < 0 or (args.threads is not None and args.threads < 1):
-        p.error("--weight-decay must be >= 0 and --threads positive")
     try:
         device = pick_device(args.device)
     except ValueError as exc:
         p.error(str(exc))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)

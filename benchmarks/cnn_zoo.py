@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from data import nonneg_int, positive_int
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = [
     "04-cnns/vgg_torch.py",
@@ -154,18 +156,16 @@ def train_throughput(fn, X, y, batch_size, steps, repeats, seed):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=10, help="training steps per timed round (default 10)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
-    p.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=positive_int, default=10, help="training steps per timed round (default 10)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (default 3)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="minibatch size (default 128)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--skip-throughput", action="store_true", help="no training-throughput table")
     p.add_argument("--skip-latency", action="store_true", help="no batch-1 latency column (it builds every model)")
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "cnn_zoo.md"))
     args = p.parse_args(argv)
-    if min(args.steps, args.repeats, args.batch_size) < 1 or (args.threads is not None and args.threads < 1):
-        p.error("--steps, --repeats, --batch-size and --threads must be positive")
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     modules = {s: import_script(s) for s in SCRIPTS if (ROOT / s).exists()}
 

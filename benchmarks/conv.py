@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data import nonneg_int, positive_float, positive_int
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # (name, x shape (N, C, H, W), W shape (F, C, kh, kw), padding); stride 1 throughout
@@ -277,19 +279,27 @@ def bench_epochs(args):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds per convolution shape (default 7; 3 quick)")
-    p.add_argument("--epoch-repeats", type=int, default=None, help="timed epochs per framework (default 2; 1 quick)")
     p.add_argument(
-        "--resnet-batch", type=int, default=None, help="batch of the ResNet-stage shapes (default 32; 8 quick)"
+        "--repeats", type=positive_int, default=None, help="timed rounds per convolution shape (default 7; 3 quick)"
     )
     p.add_argument(
-        "--n-train", type=int, default=None, help="training images per epoch (default all 60,000; 6,000 quick)"
+        "--epoch-repeats", type=positive_int, default=None, help="timed epochs per framework (default 2; 1 quick)"
     )
-    p.add_argument("--batch-size", type=int, default=128, help="CNN minibatch size (default 128)")
-    p.add_argument("--channels", type=int, nargs=2, default=[16, 32], metavar=("C1", "C2"), help="(default 16 32)")
-    p.add_argument("--hidden", type=int, default=128, help="CNN hidden width (default 128)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--resnet-batch", type=positive_int, default=None, help="batch of the ResNet-stage shapes (default 32; 8 quick)"
+    )
+    p.add_argument(
+        "--n-train", type=positive_int, default=None, help="training images per epoch (default all 60,000; 6,000 quick)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=128, help="CNN minibatch size (default 128)")
+    p.add_argument(
+        "--channels", type=positive_int, nargs=2, default=[16, 32], metavar=("C1", "C2"), help="(default 16 32)"
+    )
+    p.add_argument(
+        "--hidden", type=positive_int, nargs="+", default=[128], help="CNN hidden layer widths (default 128)"
+    )
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (else $ARC_DATA_DIR)")
     p.add_argument(
         "--frameworks",
@@ -298,7 +308,9 @@ def main(argv=None) -> dict:
         default=["numpy", "jax", "torch"],
         help="CNN scripts to time an epoch of (default all three)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: as many as NumPy's OpenBLAS)")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="torch threads (default: as many as NumPy's OpenBLAS)"
+    )
     p.add_argument(
         "--keep-freed-memory",
         action="store_true",
@@ -315,17 +327,15 @@ def main(argv=None) -> dict:
             setattr(args, name, value)
     if args.n_train is None and quick:
         args.n_train = 6000
-    if min(args.repeats, args.epoch_repeats, args.resnet_batch, args.batch_size, args.hidden, *args.channels) < 1:
-        p.error("--repeats, --epoch-repeats, --resnet-batch, --batch-size, --hidden, --channels must be positive")
     if args.n_train is not None and args.n_train < 2 * args.batch_size:
-        p.error("--n-train must be at least two batches")
+        p.error(f"argument --n-train: must be at least two batches ({2 * args.batch_size}), got {args.n_train}")
 
     if args.keep_freed_memory:
         keep_freed_memory()
     import torch
 
     threads, source = blas_threads()
-    torch.set_num_threads(args.threads or threads)
+    torch.set_num_threads(threads if args.threads is None else args.threads)
     print(
         f"conv benchmark: float32; numpy's OpenBLAS threads {threads} ({source}), torch threads "
         f"{torch.get_num_threads()}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "

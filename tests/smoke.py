@@ -1,7 +1,10 @@
-"""The smoke-run checks shared by the CNN case-study tests (tests/test_cnn_case_studies.py, test_inception.py,
-test_mobilenet_efficientnet.py): every one of those scripts returns and writes the same metrics."""
+"""Checks shared by the CNN case-study tests (tests/test_cnn_case_studies.py, test_inception.py,
+test_mobilenet_efficientnet.py): every one of those scripts returns and writes the same metrics, and
+evaluates the same way."""
 
 import json
+
+import torch
 
 
 def check_cnn_smoke_run(module, tmp_path, min_acc, min_params):
@@ -15,3 +18,36 @@ def check_cnn_smoke_run(module, tmp_path, min_acc, min_params):
     assert json.loads((tmp_path / "metrics.json").read_text())["test_acc"] == m["test_acc"]
     assert (tmp_path / "learning_curves.png").stat().st_size > 10_000
     return m
+
+
+def randomise_batchnorms(module):
+    """Non-trivial affine parameters and running statistics, so that no BatchNorm is an identity."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+
+
+def check_evaluate_keeps_batchnorm_buffers(module, model):
+    """`module.evaluate` on `model`, handed over in training mode: it uses the running statistics and updates
+    none of them, so running_mean, running_var and num_batches_tracked of every BatchNorm are unchanged."""
+    torch.manual_seed(5)
+    randomise_batchnorms(model)
+    model.train()
+    X, y = torch.rand(6, model_channels(model), 28, 28), torch.randint(0, 10, (6,))
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    assert any(name.endswith("num_batches_tracked") for name in before)
+    loss, acc = module.evaluate(model, X, y, 0.3, 0.35, chunk=4)  # two chunks
+    assert 0 <= acc <= 1 and loss > 0
+    after = dict(model.named_buffers())
+    assert before.keys() == after.keys()
+    for name, b in before.items():
+        assert torch.equal(after[name], b), name
+
+
+def model_channels(model):
+    """The input channels of a model: those of its first convolution."""
+    return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels

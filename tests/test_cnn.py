@@ -141,7 +141,7 @@ def test_invalid_geometry_raises(cnn_np):
 # --- the whole network: NumPy = PyTorch = JAX on the same float64 weights and batch ----------
 
 
-def random_params(cnn_np, seed, channels=(3, 5), hidden=12):
+def random_params(cnn_np, seed, channels=(3, 5), hidden=(12,)):
     """He-initialised float64 parameters with non-zero biases, so a bias-gradient mistake cannot hide."""
     rng = np.random.default_rng(seed)
     params = cnn_np.init_params(rng, channels, hidden, dtype=np.float64)
@@ -151,11 +151,12 @@ def random_params(cnn_np, seed, channels=(3, 5), hidden=12):
 
 
 def torch_model(cnn_torch, params):
-    """cnn_torch.CNN in float64 holding the NumPy weights (nn.Linear stores W3, W4 transposed)."""
+    """cnn_torch.CNN in float64 holding the NumPy weights (nn.Linear stores W3, W4, ... transposed)."""
     c1, c2 = params["W1"].shape[0], params["W2"].shape[0]
-    model = cnn_torch.CNN((c1, c2), params["W3"].shape[1]).double()
+    hidden = [params[f"W{l}"].shape[1] for l in range(3, len(params) // 2)]
+    model = cnn_torch.CNN((c1, c2), hidden).double()
     with torch.no_grad():
-        for l, layer in enumerate([model.conv1, model.conv2, model.fc1, model.fc2], start=1):
+        for l, layer in enumerate([model.conv1, model.conv2, *model.fc], start=1):
             W = params[f"W{l}"]
             layer.weight.copy_(torch.from_numpy(W if W.ndim == 4 else W.T))
             layer.bias.copy_(torch.from_numpy(params[f"b{l}"]))
@@ -165,16 +166,19 @@ def torch_model(cnn_torch, params):
 def from_torch(model, grad=False):
     """The model's weights (or, with grad, their .grad) as {"W1": ..., ...} in the NumPy layout."""
     out = {}
-    for l, layer in enumerate([model.conv1, model.conv2, model.fc1, model.fc2], start=1):
+    for l, layer in enumerate([model.conv1, model.conv2, *model.fc], start=1):
         W, b = (layer.weight.grad, layer.bias.grad) if grad else (layer.weight, layer.bias)
         W = W.detach().numpy().copy()
         out[f"W{l}"], out[f"b{l}"] = (W if W.ndim == 4 else W.T), b.detach().numpy().copy()
     return out
 
 
-def test_numpy_network_equals_torch(cnn_np, cnn_torch):
-    """Loss and every parameter's gradient of the hand-written network = autograd's on cnn_torch.CNN."""
-    params = random_params(cnn_np, 0)
+@pytest.mark.parametrize("hidden", [(12,), (9, 7, 6)])
+def test_numpy_network_equals_torch(cnn_np, cnn_torch, hidden):
+    """Loss and every parameter's gradient of the hand-written network = autograd's on cnn_torch.CNN, with one
+    hidden fully connected layer (the default network) and with three."""
+    params = random_params(cnn_np, 0, hidden=hidden)
+    names = [f"{w}{l}" for l in range(1, len(hidden) + 4) for w in "Wb"]
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((24, 1, 28, 28)), rng.integers(0, 10, 24)
     model = torch_model(cnn_torch, params)
@@ -187,8 +191,8 @@ def test_numpy_network_equals_torch(cnn_np, cnn_torch):
     logits_ref.backward(torch.from_numpy(dlogits))
     assert rel_error(logits, logits_ref) <= 1e-12
     ref = from_torch(model, grad=True)
-    assert list(grads) == NAMES
-    for name in NAMES:
+    assert list(grads) == list(params) == list(ref) == names
+    for name in names:
         assert rel_error(grads[name], ref[name]) <= 1e-7, name
 
     model.zero_grad()
@@ -197,14 +201,15 @@ def test_numpy_network_equals_torch(cnn_np, cnn_torch):
     loss_ref.backward()
     assert rel_error(loss, loss_ref) <= 1e-12
     ref = from_torch(model, grad=True)
-    for name in NAMES:
+    for name in names:
         assert np.abs(grads[name]).max() > 0, name
         assert rel_error(grads[name], ref[name]) <= 1e-7, name
 
 
-def test_jax_network_equals_torch(cnn_np, cnn_jax, cnn_torch):
+@pytest.mark.parametrize("hidden", [(12,), (9, 7)])
+def test_jax_network_equals_torch(cnn_np, cnn_jax, cnn_torch, hidden):
     """cnn_jax's loss and jax.grad gradients = torch's, in float64 on the same weights and batch."""
-    params = random_params(cnn_np, 2)
+    params = random_params(cnn_np, 2, hidden=hidden)
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((24, 1, 28, 28)), rng.integers(0, 10, 24)
     model = torch_model(cnn_torch, params)
@@ -217,13 +222,14 @@ def test_jax_network_equals_torch(cnn_np, cnn_jax, cnn_torch):
         assert grads["W1"].dtype == jnp.float64
         loss, grads = float(loss), {k: np.asarray(v) for k, v in grads.items()}
     assert rel_error(loss, loss_ref) <= 1e-12
-    for name in NAMES:
+    assert sorted(grads) == sorted(ref)  # a JAX pytree keeps its keys sorted
+    for name in ref:
         assert rel_error(grads[name], ref[name]) <= 1e-7, name
 
 
 def test_he_init(cnn_np, cnn_jax, cnn_torch):
     """All three draw W ~ N(0, 2 / fan_in) (fan_in = C*kh*kw or D_in) with zero biases, in the same shapes."""
-    channels, hidden = (16, 32), 128
+    channels, hidden = (16, 32), [128]
     np_params = cnn_np.init_params(np.random.default_rng(0), channels, hidden)
     jax_params = cnn_jax.init_params(jax.random.PRNGKey(0), channels, hidden)
     torch.manual_seed(0)
@@ -311,13 +317,40 @@ def test_smoke_run(load_script, script, tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
+def test_cosine_lr_values(load_script, script):
+    """lr_e = lr (1 + cos(pi (e - 1) / E)) / 2 for epochs e = 1..E: the peak in the first epoch, half the
+    peak halfway through the schedule, 0 where it ends (e - 1 = E), symmetric about the middle."""
+    cosine_lr = load_script(script).cosine_lr
+    assert cosine_lr(0.3, 1, 10) == 0.3  # the start of the schedule: cos 0 = 1
+    assert cosine_lr(2e-3, 1, 1) == 2e-3  # a one-epoch run trains at the peak
+    assert cosine_lr(0.3, 6, 10) == pytest.approx(0.15, rel=1e-12)  # the middle, (e - 1) / E = 1/2: cos = 0
+    assert cosine_lr(0.3, 3, 4) == pytest.approx(0.15, rel=1e-12)
+    assert cosine_lr(0.3, 11, 10) == pytest.approx(0.0, abs=1e-15)  # the end: cos pi = -1
+    assert cosine_lr(0.3, 10, 10) == pytest.approx(0.3 * (1 + np.cos(0.9 * np.pi)) / 2, rel=1e-12)  # last epoch
+    rates = [cosine_lr(0.3, e, 10) for e in range(1, 12)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert all(rates[i] + rates[10 - i] == pytest.approx(0.3, rel=1e-12) for i in range(11))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_bad_flags_exit_with_usage_error(load_script, script, capsys):
+    """A bad value exits 2 in argparse, and the message names the flag."""
     main = load_script(script).main
-    for argv in (["--lr", "0"], ["--batch-size", "-4"], ["--channels", "4", "0"]):
+    for argv in (
+        ["--lr", "0"],
+        ["--lr", "nan"],
+        ["--batch-size", "-4"],
+        ["--channels", "4", "0"],
+        ["--hidden", "0"],
+        ["--hidden", "32", "-1"],
+        ["--hidden"],
+        ["--epochs", "0"],
+        ["--seed", "-1"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(["--smoke", *argv])
-        assert exc.value.code == 2
-    assert "must be positive" in capsys.readouterr().err
+        assert exc.value.code == 2, argv
+        assert f"argument {argv[0]}" in capsys.readouterr().err, argv
 
 
 def test_same_seed_same_numbers(cnn_np, tmp_path):
@@ -327,3 +360,12 @@ def test_same_seed_same_numbers(cnn_np, tmp_path):
     a, b, c = run(0, "a"), run(0, "b"), run(1, "c")
     assert (a["test_loss"], a["final_train_loss"]) == (b["test_loss"], b["final_train_loss"])
     assert a["test_loss"] != c["test_loss"]
+
+
+def test_smoke_run_with_two_hidden_layers(cnn_torch, tmp_path):
+    """`--hidden 32 16`: two fully connected hidden layers (c2*25 -> 32 -> 16 -> 10) are built and trained."""
+    m = cnn_torch.main(["--smoke", "--hidden", "32", "16", "--out-dir", str(tmp_path)])
+    assert m["config"]["hidden"] == [32, 16]
+    conv = (8 * 25 + 8) + (16 * 8 * 25 + 16)  # --smoke's channels 8 16
+    assert m["n_params"] == conv + (400 * 32 + 32) + (32 * 16 + 16) + (16 * 10 + 10)
+    assert m["test_loss"] < 0.6 * m["init_test_loss"] and m["test_acc"] > 0.6

@@ -2,14 +2,16 @@
 
 Parameter counts at each paper's configuration (built on the meta device: no memory, no compute), logits
 shapes for 1- and 3-channel inputs, ResNeXt's Figure 3 equivalence (split-transform-merge = grouped
-convolution, same weights), the clean identity path of a pre-activation unit, dense connectivity, the
-hand-written augmentation, and each script's smoke run.
+convolution, same weights), the clean identity path of a pre-activation unit, what a dense layer computes
+and dense connectivity, the hand-written augmentation, evaluation leaving BatchNorm's buffers alone, and
+each script's smoke run.
 """
 
 import pytest
 import torch
+import torch.nn.functional as F
 from gradcheck import rel_error
-from smoke import check_cnn_smoke_run
+from smoke import check_cnn_smoke_run, check_evaluate_keeps_batchnorm_buffers, randomise_batchnorms
 
 VGG, RESNEXT, DENSENET, PREACT = (
     "04-cnns/vgg_torch.py",
@@ -20,7 +22,7 @@ VGG, RESNEXT, DENSENET, PREACT = (
 SCRIPTS = [VGG, RESNEXT, DENSENET, PREACT]
 
 # torchvision's published `num_params` of its ImageNet weights ("TV"): the six marked * are also in
-# ../shared/reference/architectures.md; the others from the torchvision model pages
+# docs/references.md; the others from the torchvision model pages
 # (https://pytorch.org/vision/stable/models.html, e.g. .../generated/torchvision.models.vgg19_bn.html).
 TV = {
     (VGG, "vgg11"): 132_863_336,  # *
@@ -76,6 +78,7 @@ CIFAR = {
 EXACT = {**TV, **PREACT_COUNTS}
 # the configuration each script trains, for real CPU forwards at 28x28
 SMALL = {VGG: {"width": 0.125}, RESNEXT: {"width": 1 / 32}, DENSENET: {"growth_rate": 4}, PREACT: {"width": 1 / 8}}
+SCRIPT_ARCH = {VGG: "vgg11_bn", RESNEXT: "resnext29_8x64d", DENSENET: "densenet121", PREACT: "preact_resnet18"}
 
 
 def n_params(model):
@@ -201,6 +204,46 @@ def test_preact_network_layout(mods):
     assert net.norm.num_features == 2048 and [u.conv2.stride for u in units].count((2, 2)) == 3
 
 
+def bn_by_hand(bn, h, training):
+    """BatchNorm written out: batch statistics (biased variance) in training, running statistics in eval."""
+    if training:
+        mean, var = h.mean(dim=(0, 2, 3)), h.var(dim=(0, 2, 3), unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    shape = (1, -1, 1, 1)
+    return (h - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
+
+
+def dense_layer_by_hand(layer, x, training):
+    """H_l = BN-ReLU-conv1x1 - BN-ReLU-conv3x3 from functional ops and the layer's own weights."""
+    h = F.conv2d(torch.relu(bn_by_hand(layer.bn1, x, training)), layer.conv1.weight)  # (B, bn_size k, H, W)
+    return F.conv2d(torch.relu(bn_by_hand(layer.bn2, h, training)), layer.conv2.weight, padding=1)  # (B, k, H, W)
+
+
+def test_dense_layer_computes_bn_relu_conv_twice(mods):
+    """A dense layer's k new maps = BN-ReLU-conv1x1-BN-ReLU-conv3x3 of its input, built here from functional ops
+    with the layer's weights, in eval mode (running statistics) and in training mode (batch statistics); a
+    dense block's output is its input followed by each layer's maps computed that way on all maps before it."""
+    dn = mods[DENSENET]
+    torch.manual_seed(4)
+    layer = dn.DenseLayer(6, growth_rate=4, bn_size=3).double()
+    randomise_batchnorms(layer)
+    x = torch.randn(5, 6, 7, 7, dtype=torch.float64)
+    for training in (False, True):
+        layer.train(training)
+        out = layer(x)
+        assert out.shape == (5, 4, 7, 7)
+        assert rel_error(out, dense_layer_by_hand(layer, x, training)) <= 1e-12, training
+    block = dn.DenseBlock(3, 6, growth_rate=4, bn_size=3).double().eval()
+    randomise_batchnorms(block)
+    features = [x]
+    for layer in block.layers:
+        features.append(dense_layer_by_hand(layer, torch.cat(features, dim=1), training=False))
+    out = block(x)
+    assert out.shape == (5, 6 + 3 * 4, 7, 7) and torch.equal(out[:, :6], x)
+    assert rel_error(out, torch.cat(features, dim=1)) <= 1e-12
+
+
 def test_dense_block_concatenates(mods):
     """A block of n layers adds n k channels and passes its input through verbatim (x_0 in [x_0, ..., x_n])."""
     dn = mods[DENSENET]
@@ -241,9 +284,26 @@ def test_augment_is_a_padded_crop_or_its_mirror(mods, script):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_flags_exit(mods, script):
-    with pytest.raises(SystemExit):
-        mods[script].main(["--epochs", "0"])
+def test_evaluate_leaves_batchnorm_buffers_alone(mods, script):
+    """`evaluate` uses the running statistics and does not update them, even when handed a model in training mode."""
+    torch.manual_seed(6)
+    model = mods[script].MODELS[SCRIPT_ARCH[script]](num_classes=10, in_channels=1, small_input=True, **SMALL[script])
+    check_evaluate_keeps_batchnorm_buffers(mods[script], model)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_flags_exit(mods, script, capsys):
+    """A bad value is an argparse error: exit code 2, the flag named."""
+    bad = [["--epochs", "0"], ["--lr", "nan"], ["--weight-decay", "-1"], ["--n-train", "0"], ["--threads", "0"]]
+    if script == DENSENET:
+        bad += [["--compression", "1.5"], ["--growth-rate", "0"]]
+    if script != DENSENET:
+        bad += [["--width", "0"], ["--width", "inf"]]
+    for argv in bad:
+        with pytest.raises(SystemExit) as exc:
+            mods[script].main(argv)
+        assert exc.value.code == 2, argv
+        assert f"argument {argv[0]}" in capsys.readouterr().err, argv
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

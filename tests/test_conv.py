@@ -192,8 +192,9 @@ def test_smoke_run(conv, tmp_path):
     assert (tmp_path / "conv_demo.png").stat().st_size > 20_000
 
 
-def test_bad_flags_exit_with_usage_error(conv):
-    for argv in (["--n-images", "0"], ["--n-check", "-1"]):
+def test_bad_flags_exit_with_usage_error(conv, capsys):
+    for argv in (["--n-images", "0"], ["--n-check", "-1"], ["--seed", "-1"]):
         with pytest.raises(SystemExit) as exc:
             conv.main(["--smoke", *argv])
         assert exc.value.code == 2
+        assert f"argument {argv[0]}" in capsys.readouterr().err, argv

@@ -168,8 +168,11 @@ def test_batches_masks_and_labels_cover_exactly_the_real_entries(args, K, batch_
 
 def test_batches_reject_mismatched_lengths():
     with pytest.raises(ValueError, match="differ in length"):
-        next(skipgram_batches(np.arange(3), np.zeros((2, 4), int), noise_distribution([1, 1]), 2, 1,
-                              np.random.default_rng(0)))
+        next(
+            skipgram_batches(
+                np.arange(3), np.zeros((2, 4), int), noise_distribution([1, 1]), 2, 1, np.random.default_rng(0)
+            )
+        )
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,14 @@
 Parameter counts at each paper's configuration (meta device), output shapes at the canonical input size
 (meta) and at 28x28 (real CPU forwards in the configuration each script trains), auxiliary outputs only in
 training mode, GoogLeNet's weighted auxiliary loss, v3's label smoothing against torch's, the 1x1
-convolution as a per-pixel linear layer, and each script's smoke run.
+convolution as a per-pixel linear layer, evaluation leaving BatchNorm's buffers alone, and each script's smoke run.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 from gradcheck import rel_error
-from smoke import check_cnn_smoke_run
+from smoke import check_cnn_smoke_run, check_evaluate_keeps_batchnorm_buffers
 from torch.utils.flop_counter import FlopCounterMode
 
 V1, V3, V4 = "04-cnns/inception_v1_torch.py", "04-cnns/inception_v3_torch.py", "04-cnns/inception_v4_torch.py"
@@ -19,7 +19,7 @@ CANONICAL = {V1: 224, V3: 299, V4: 299}
 SMALL = {V1: {"width": 1 / 8}, V3: {"width": 1 / 16}, V4: {"width": 1 / 16}}  # what --smoke trains
 
 # GoogLeNet. torchvision's googlenet (no auxiliary heads) has 6,624,904 parameters (TV,
-# ../shared/reference/architectures.md) with a 3x3 conv in the "5x5" branch. The paper's 5x5 adds
+# docs/references.md) with a 3x3 conv in the "5x5" branch. The paper's 5x5 adds
 # 25 - 9 = 16 weights per (5x5 reduce, 5x5) channel pair, Table 1:
 #   16 * (16*32 + 32*96 + 16*48 + 24*64 + 24*64 + 32*64 + 32*128 + 32*128 + 48*128) = 16 * 23,808 = 380,928.
 # Each auxiliary head: 1x1 conv c_in -> 128 + BN (c_in * 128 + 256), FC 2048 -> 1024 (2,098,176),
@@ -29,7 +29,7 @@ AUX_V1 = sum(c_in * 128 + 256 + 2048 * 1024 + 1024 + 1024 * 1000 + 1000 for c_in
 assert AUX_V1 == 3_188_968 + 3_191_016 == 6_379_984
 PAPER_GOOGLENET = TV_GOOGLENET + 380_928  # 7,005,832
 # Inception v3: 27,161,264 with the auxiliary head (TV), 23,834,568 without (CV); Inception-v4: 42,679,816
-# (CV, timm). All three from ../shared/reference/architectures.md.
+# (CV, timm). All three from docs/references.md.
 COUNTS = {
     (V1, "googlenet", (("aux_logits", False),)): PAPER_GOOGLENET,
     (V1, "googlenet", ()): PAPER_GOOGLENET + AUX_V1,  # 13,385,816
@@ -213,9 +213,27 @@ def test_flop_counter_in_eval_mode(mods):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_flags_exit(mods, script):
-    with pytest.raises(SystemExit):
-        mods[script].main(["--epochs", "0"])
+def test_evaluate_leaves_batchnorm_buffers_alone(mods, script):
+    """`evaluate` uses the running statistics and does not update them, even when handed a model in training mode
+    (GoogLeNet's and v3's auxiliary heads, whose BatchNorms run only in training, included)."""
+    torch.manual_seed(6)
+    fn = next(iter(mods[script].MODELS.values()))
+    check_evaluate_keeps_batchnorm_buffers(
+        mods[script], fn(num_classes=10, in_channels=1, small_input=True, **SMALL[script])
+    )
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_flags_exit(mods, script, capsys):
+    """A bad value is an argparse error: exit code 2, the flag named."""
+    bad = [["--epochs", "0"], ["--width", "0"], ["--lr", "inf"], ["--batch-size", "0"], ["--seed", "-1"]]
+    if script == V3:
+        bad += [["--label-smoothing", "1"], ["--label-smoothing", "-0.1"]]
+    for argv in bad:
+        with pytest.raises(SystemExit) as exc:
+            mods[script].main(argv)
+        assert exc.value.code == 2, argv
+        assert f"argument {argv[0]}" in capsys.readouterr().err, argv
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -3,7 +3,7 @@
 Parameter counts at the papers' configurations (meta device), mult-adds against the papers' tables, the
 width multipliers, EfficientNet's compound scaling (blocks and channels per stage, recomputed here from
 the rule), depthwise convolution as a grouped convolution, squeeze-and-excitation, stochastic depth, the
-linear bottleneck, logits shapes, and each script's smoke run.
+linear bottleneck, logits shapes, evaluation leaving BatchNorm's buffers alone, and each script's smoke run.
 """
 
 import math
@@ -11,20 +11,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from smoke import check_cnn_smoke_run
+from smoke import check_cnn_smoke_run, check_evaluate_keeps_batchnorm_buffers
 from torch.utils.flop_counter import FlopCounterMode
 
 V1, V2, EFF = "04-cnns/mobilenet_v1_torch.py", "04-cnns/mobilenet_v2_torch.py", "04-cnns/efficientnet_torch.py"
 SCRIPTS = [V1, V2, EFF]
 
-# ../shared/reference/architectures.md: CV = osmr/imgclsmob's asserts, TV = torchvision's num_params.
+# docs/references.md: CV = osmr/imgclsmob's asserts, TV = torchvision's num_params.
 EXACT = {
     (V1, "mobilenet_v1"): 4_231_976,  # CV
     (V2, "mobilenet_v2"): 3_504_872,  # TV
     (EFF, "efficientnet_b0"): 5_288_548,  # TV
     (EFF, "efficientnet_b1"): 7_794_184,  # TV
-    # B2-B7 are not in architectures.md: torchvision's published num_params (EfficientNet_B2_Weights ..
-    # EfficientNet_B7_Weights, pytorch.org/vision/stable/models), which this build matches exactly too.
+    # B2-B7: torchvision's published num_params (EfficientNet_B2_Weights .. EfficientNet_B7_Weights,
+    # pytorch.org/vision/stable/models, also in docs/references.md), which this build matches exactly too.
     (EFF, "efficientnet_b2"): 9_109_994,
     (EFF, "efficientnet_b3"): 12_233_232,
     (EFF, "efficientnet_b4"): 19_341_616,
@@ -185,10 +185,26 @@ def test_inverted_residual_is_linear_bottleneck(mods):
     assert n_params(block) == 16 * 96 + 2 * 96 + 9 * 96 + 2 * 96 + 96 * 24 + 2 * 24
     same = v2.InvertedResidual(24, 24, stride=1, expand_ratio=6).eval()
     x = torch.randn(2, 24, 8, 8)
+    branch = same.project(same.dw(same.expand(x)))
+    assert branch.abs().max() > 0.1 and torch.allclose(same(x), x + branch, rtol=0, atol=1e-6)  # y = x + F(x)
     torch.nn.init.zeros_(same.project[1].weight)  # zero the branch's BN scale: y = x exactly
     assert same.residual and torch.equal(same(x), x)
     assert isinstance(v2.InvertedResidual(32, 16, 1, 1).expand, torch.nn.Identity)
     assert not v2.InvertedResidual(24, 32, 1, 6).residual
+
+
+def test_strided_inverted_residual_with_equal_channels_has_no_shortcut(mods):
+    """Stride 2 with c_in = c_out (as inside no sequence of Table 2, but allowed): the shapes differ, so there is
+    no shortcut; the block returns the projected branch alone, at half the resolution."""
+    v2 = mods[V2]
+    torch.manual_seed(1)
+    block = v2.InvertedResidual(24, 24, stride=2, expand_ratio=6).eval()
+    x = torch.randn(2, 24, 8, 8)
+    out = block(x)
+    assert not block.residual and out.shape == (2, 24, 4, 4)
+    assert torch.equal(out, block.project(block.dw(block.expand(x))))
+    odd = block(torch.randn(2, 24, 7, 7))
+    assert odd.shape == (2, 24, 4, 4)  # padding 1, stride 2: ceil(7 / 2)
 
 
 def depthwise_by_loop(x, weight, stride, padding):
@@ -313,10 +329,23 @@ def test_logits_shape(mods, script, name):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_flags_exit(mods, script):
-    for bad in (["--epochs", "0"], ["--width", "0"]):
-        with pytest.raises(SystemExit):
-            mods[script].main(bad)
+def test_bad_flags_exit(mods, script, capsys):
+    """A bad value is an argparse error: exit code 2, the flag named."""
+    for argv in (["--epochs", "0"], ["--width", "0"], ["--width", "nan"], ["--weight-decay", "-1"], ["--n-test", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            mods[script].main(argv)
+        assert exc.value.code == 2, argv
+        assert f"argument {argv[0]}" in capsys.readouterr().err, argv
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_evaluate_leaves_batchnorm_buffers_alone(mods, script):
+    """`evaluate` uses the running statistics and does not update them, even when handed a model in training mode."""
+    torch.manual_seed(6)
+    fn = next(iter(mods[script].MODELS.values()))
+    check_evaluate_keeps_batchnorm_buffers(
+        mods[script], fn(num_classes=10, in_channels=1, small_input=True, **SMALL[script])
+    )
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

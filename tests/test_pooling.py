@@ -119,17 +119,23 @@ def test_max_padding_never_wins(pool):
     assert np.allclose(pool.maxpool_backward(np.ones_like(out), cache).sum(), out.size)
 
 
+@st.composite
+def valid_geometries(draw):
+    """(n, k, s, p) that torch accepts: pad at most half the kernel, kernel at most the padded input. Drawn in
+    that order, so every example is valid (none is thrown away) and the edge cases k = n + 2p, 2p = k occur."""
+    k = draw(st.integers(1, 8))
+    p = draw(st.integers(0, k // 2))
+    n = draw(st.integers(max(1, k - 2 * p), 40))
+    s = draw(st.integers(1, 5))
+    return n, k, s, p
+
+
 @settings(max_examples=200, deadline=None)
-@given(
-    n=st.integers(1, 40),
-    k=st.integers(1, 8),
-    s=st.integers(1, 5),
-    p=st.integers(0, 4),
-)
-def test_output_size_formula_matches_torch(pool, n, k, s, p):
-    """floor((n + 2p - k) / s) + 1 against the shape torch gives, wherever torch accepts the geometry."""
-    if 2 * p > k or k > n + 2 * p:
-        return
+@given(geometry=valid_geometries())
+def test_output_size_formula_matches_torch(pool, geometry):
+    """floor((n + 2p - k) / s) + 1 against the shape torch gives, on geometries torch accepts."""
+    n, k, s, p = geometry
+    assert 2 * p <= k <= n + 2 * p  # valid by construction: every example compares a shape
     out = F.max_pool2d(torch.zeros(1, 1, n, n), k, s, p)
     assert out.shape[2:] == (pool.output_size(n, k, s, p),) * 2
 
@@ -176,7 +182,9 @@ def test_smoke_run(pool, tmp_path):
 
 
 def test_bad_flags_exit_with_usage_error(pool, capsys):
-    with pytest.raises(SystemExit) as exc:
-        pool.main(["--smoke", "--n-images", "0"])
-    assert exc.value.code == 2
-    assert "--n-images must be between 1 and 8" in capsys.readouterr().err
+    """--n-images must be 1..8 (the figure's rows), --seed >= 0: exit code 2, the flag named."""
+    for argv in (["--n-images", "0"], ["--n-images", "9"], ["--seed", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            pool.main(["--smoke", *argv])
+        assert exc.value.code == 2, argv
+        assert f"argument {argv[0]}" in capsys.readouterr().err, argv

@@ -138,3 +138,11 @@ def test_smoke_run(tconv, tmp_path):
     assert m["gradcheck_rel_error"]["adjoint"] < 1e-12
     assert json.loads((tmp_path / "metrics.json").read_text())["output_shapes"] == m["output_shapes"]
     assert (tmp_path / "transposed_conv.png").stat().st_size > 10_000
+
+
+def test_bad_flags_exit_with_usage_error(tconv, capsys):
+    """A negative seed is an argparse error: exit code 2, the flag named."""
+    with pytest.raises(SystemExit) as exc:
+        tconv.main(["--smoke", "--seed", "-1"])
+    assert exc.value.code == 2
+    assert "argument --seed" in capsys.readouterr().err
