@@ -142,3 +142,23 @@ def missing_data_error(tmp_path, monkeypatch):
         return message
 
     return run
+
+
+@pytest.fixture
+def usage_error(monkeypatch, capsys, tmp_path):
+    """``usage_error(module, argv)``: run ``module.main(["--smoke", ..., *argv])`` with its ``load_data`` made to
+    fail the test, assert that it stops with exit code 2 before reading any data, and return the last line
+    of stderr (argparse's ``error:`` line; the usage lines above it list every flag)."""
+
+    def run(module, argv):
+        monkeypatch.setattr(
+            module, "load_data", lambda *a, **k: pytest.fail("data loaded before the flags were checked")
+        )
+        with pytest.raises(SystemExit) as exc:
+            module.main(["--smoke", "--out-dir", str(tmp_path), *argv])
+        assert exc.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert ": error:" in error, error
+        return error
+
+    return run

@@ -234,25 +234,15 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("argv,flag", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
-def test_bad_values_exit_2_naming_the_flag(load_script, script, argv, flag, capsys, monkeypatch, tmp_path):
+def test_bad_values_exit_2_naming_the_flag(load_script, script, argv, flag, usage_error):
     """A bad value is a usage error (exit 2) that names its flag, before any data are read."""
-    module = load_script(script)
-    monkeypatch.setattr(
-        module, "load_data", lambda *a, **k: pytest.fail("data loaded before the arguments were checked")
-    )
-    with pytest.raises(SystemExit) as exc:
-        module.main(["--smoke", "--out-dir", str(tmp_path), *argv])
-    assert exc.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]  # the usage lines above it list every flag
-    assert ": error:" in error and flag in error, error
+    error = usage_error(load_script(script), argv)
+    assert flag in error, error
 
 
-def test_unavailable_device_exits_2_before_loading(l2torch, monkeypatch, capsys, tmp_path):
+def test_unavailable_device_exits_2_before_loading(l2torch, usage_error, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(l2torch, "load_data", lambda *a, **k: pytest.fail("data loaded before the device check"))
-    with pytest.raises(SystemExit) as exc:
-        l2torch.main(["--device", "cuda", "--smoke", "--out-dir", str(tmp_path)])
-    assert exc.value.code == 2 and "--device cuda: not available" in capsys.readouterr().err
+    assert "--device cuda: not available" in usage_error(l2torch, ["--device", "cuda"])
 
 
 # ---------------------------------------------------------------- smoke runs
