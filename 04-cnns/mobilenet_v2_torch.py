@@ -35,7 +35,7 @@ Residuals and Linear Bottlenecks", CVPR, https://arxiv.org/abs/1801.04381 (Table
 Arc: Deep convolutional models: case studies -- MobileNet (v2).
 
 Run:  python 04-cnns/mobilenet_v2_torch.py          (width 0.5, 10k images, 3 epochs: minutes)
-      python 04-cnns/mobilenet_v2_torch.py --smoke  (seconds: width 0.25, 2,000 images, 1 epoch)
+      python 04-cnns/mobilenet_v2_torch.py --smoke  (seconds: width 0.25, 2,000 images, 1 epoch at lr 0.03)
       python 04-cnns/mobilenet_v2_torch.py --width 1 --n-train 60000 --epochs 30 --device cuda
 Look first at `InvertedResidual.forward`: expand, filter, project, and the ReLU that is not there.
 """
@@ -263,8 +263,9 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3; 1 with --smoke)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="minibatch size (default 128; 32 with --smoke)")
-    p.add_argument("--lr", type=positive_float, default=0.05,
-                   help="peak SGD learning rate, cosine-decayed (default 0.05: 0.1 makes the first steps diverge)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="peak SGD learning rate, cosine-decayed (default 0.05: 0.1 makes the first steps diverge; "
+                        "0.03 with --smoke, whose 63 steps are too few to recover from a rough start)")
     p.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="L2 weight decay (default 5e-4)")
     p.add_argument("--n-train", type=positive_int, default=None,
                    help="training images (default 10000; 2000 with --smoke)")
@@ -278,8 +279,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out-dir", default=None, help="where metrics and figures go (default runs/mobilenet_v2_torch)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run on a small real subset")
     args = p.parse_args(argv)
-    defaults = dict(width=0.25, epochs=1, batch_size=32, n_train=2000, n_test=1000) if args.smoke else \
-        dict(width=0.5, epochs=3, batch_size=128, n_train=10000, n_test=10000)
+    defaults = dict(width=0.25, epochs=1, batch_size=32, lr=0.03, n_train=2000, n_test=1000) if args.smoke else \
+        dict(width=0.5, epochs=3, batch_size=128, lr=0.05, n_train=10000, n_test=10000)
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
