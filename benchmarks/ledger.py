@@ -61,8 +61,15 @@ def fmt(value) -> str:
 
 
 def headline(metrics: dict) -> str:
-    """The first MAX_METRICS scalar metrics, "name value" joined by "; " (the script orders them)."""
-    pairs = [f"{k} {fmt(v)}" for k, v in metrics.items() if k not in SKIP and isinstance(v, (int, float)) and v == v]
+    """The first MAX_METRICS scalar metrics, "name value" joined by "; " (the script orders them); a dict of
+    scalars counts as its entries, "name.key value"."""
+    pairs = []
+    for k, v in metrics.items():
+        if k in SKIP:
+            continue
+        for sub, x in v.items() if isinstance(v, dict) else [(None, v)]:
+            if isinstance(x, (int, float)) and x == x:  # x == x: not NaN
+                pairs.append(f"{k} {fmt(x)}" if sub is None else f"{k}.{sub} {fmt(x)}")
     return "; ".join(pairs[:MAX_METRICS])
 
 

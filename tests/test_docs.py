@@ -90,6 +90,7 @@ def fake_run(tmp_path, name="adam_numpy", commit="0123456789abcdef", smoke=False
         "script": name,
         "test_acc": 0.8912,
         "test_loss": 0.31,
+        "gradcheck": {"dx": 1e-10, "note": "text"},
         "epoch_losses": [1.0, 0.5],
         "config": {"smoke": smoke},
         "provenance": {
@@ -112,7 +113,7 @@ def test_ledger_records_and_renders(tmp_path):
     (results / "legacy.md").write_text("## Measured before the ledger\n\nold table\n")
     text = ledger.render(results)
     row = next(line for line in text.splitlines() if line.startswith("| [adam_numpy.py]"))
-    assert "test_acc 0.8912; test_loss 0.31 |" in row and "epoch_losses" not in row
+    assert "test_acc 0.8912; test_loss 0.31; gradcheck.dx 1e-10 |" in row and "epoch_losses" not in row
     assert "`python 02-optimization/adam_numpy.py --lr 0.001`" in row and "`0123456789`" in row
     assert "## 02-optimization" in text and text.rstrip().endswith("old table")
 
