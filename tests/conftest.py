@@ -146,14 +146,12 @@ def missing_data_error(tmp_path, monkeypatch):
 
 @pytest.fixture
 def usage_error(monkeypatch, capsys, tmp_path):
-    """``usage_error(module, argv)``: run ``module.main(["--smoke", ..., *argv])`` with its ``load_data`` made to
-    fail the test, assert that it stops with exit code 2 before reading any data, and return the last line
-    of stderr (argparse's ``error:`` line; the usage lines above it list every flag)."""
+    """``usage_error(module, argv, loader="load_data")``: run ``module.main(["--smoke", ..., *argv])`` with its
+    data loader made to fail the test, assert that it stops with exit code 2 before reading any data, and return
+    the last line of stderr (argparse's ``error:`` line; the usage lines above it list every flag)."""
 
-    def run(module, argv):
-        monkeypatch.setattr(
-            module, "load_data", lambda *a, **k: pytest.fail("data loaded before the flags were checked")
-        )
+    def run(module, argv, loader="load_data"):
+        monkeypatch.setattr(module, loader, lambda *a, **k: pytest.fail("data loaded before the flags were checked"))
         with pytest.raises(SystemExit) as exc:
             module.main(["--smoke", "--out-dir", str(tmp_path), *argv])
         assert exc.value.code == 2
@@ -162,3 +160,26 @@ def usage_error(monkeypatch, capsys, tmp_path):
         return error
 
     return run
+
+
+# Bad values of the flags every training script shares (argv, the flag its error must name).
+COMMON_BAD_VALUES = [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--hidden", "0"], "--hidden"),
+    (["--seed", "-1"], "--seed"),
+]
+
+# The two GroupNorm scripts (JAX and PyTorch) share their flags, so their bad values too.
+GROUPNORM_BAD_VALUES = [
+    (["--bs-n-train", "0"], "--bs-n-train"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--folds", "1"], "--folds"),
+    (["--hidden", "32", "32"], "--hidden"),
+    (["--groups", "0"], "--groups"),
+]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import COMMON_BAD_VALUES
 from gradcheck import rel_error
 
 SCRIPTS = [
@@ -206,14 +207,7 @@ BAD_VALUES = [
     (["--dropout", "1.5"], "--dropout"),
     (["--dropout", "-0.1"], "--dropout"),
     (["--dropout", "nan"], "--dropout"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--epochs", "0"], "--epochs"),
-    (["--lr", "0"], "--lr"),
-    (["--lr", "nan"], "--lr"),
-    (["--lr", "inf"], "--lr"),
-    (["--hidden", "0"], "--hidden"),
-    (["--seed", "-1"], "--seed"),
-]
+] + COMMON_BAD_VALUES
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

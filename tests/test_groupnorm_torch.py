@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import GROUPNORM_BAD_VALUES
 from gradcheck import rel_error
 from torch import nn
 
@@ -189,24 +190,10 @@ def test_smoke_run(gn, tmp_path):
     assert (tmp_path / "groupnorm.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize(
-    "argv,flag",
-    [
-        (["--bs-n-train", "0"], "--bs-n-train"),
-        (["--lr", "nan"], "--lr"),
-        (["--lr", "inf"], "--lr"),
-        (["--batch-size", "0"], "--batch-size"),
-        (["--folds", "1"], "--folds"),
-        (["--hidden", "32", "32"], "--hidden"),
-        (["--groups", "0"], "--groups"),
-    ],
-)
-def test_bad_flags_exit_2(gn, monkeypatch, capsys, argv, flag):
+@pytest.mark.parametrize("argv,flag", GROUPNORM_BAD_VALUES)
+def test_bad_flags_exit_2(gn, usage_error, argv, flag):
     """Bad values exit 2 naming the flag, before any data is read."""
-    monkeypatch.setattr(gn, "fashion_mnist", lambda *a, **k: pytest.fail("data loaded before the flag check"))
-    with pytest.raises(SystemExit) as exc:
-        gn.main(["--smoke", *argv])
-    assert exc.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    assert f"argument {flag}" in usage_error(gn, argv, loader="fashion_mnist")
 
 
 def test_unavailable_device_exits_2_before_loading_data(gn, monkeypatch, capsys):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import COMMON_BAD_VALUES
 from gradcheck import rel_error
 
 SCRIPTS = ["03-regularization/l1_numpy.py", "03-regularization/l1_jax.py", "03-regularization/l1_torch.py"]
@@ -173,14 +174,7 @@ def test_negative_lam_raises(l1_np, l1_jax, l1_torch, lam):
 BAD_VALUES = [
     (["--lam", "-0.001"], "--lam"),
     (["--lam", "nan"], "--lam"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--epochs", "0"], "--epochs"),
-    (["--lr", "0"], "--lr"),
-    (["--lr", "nan"], "--lr"),
-    (["--lr", "inf"], "--lr"),
-    (["--hidden", "0"], "--hidden"),
-    (["--seed", "-1"], "--seed"),
-]
+] + COMMON_BAD_VALUES
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

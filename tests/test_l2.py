@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from conftest import COMMON_BAD_VALUES
 from gradcheck import rel_error
 
 SCRIPTS = ["03-regularization/l2_numpy.py", "03-regularization/l2_jax.py", "03-regularization/l2_torch.py"]
@@ -222,14 +223,7 @@ BAD_VALUES = [
     (["--lam", "-0.01"], "--lam"),
     (["--weight-decay", "-1"], "--weight-decay"),
     (["--weight-decay", "inf"], "--weight-decay"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--epochs", "0"], "--epochs"),
-    (["--lr", "0"], "--lr"),
-    (["--lr", "nan"], "--lr"),
-    (["--lr", "inf"], "--lr"),
-    (["--hidden", "0"], "--hidden"),
-    (["--seed", "-1"], "--seed"),
-]
+] + COMMON_BAD_VALUES
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
