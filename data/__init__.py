@@ -8,6 +8,7 @@ then a checksummed download).
     from data import timemachine, tinyshakespeare, ptb, preprocess_timemachine, tokenize, Vocab
     from data import lm_batches_random, lm_batches_sequential
     from data import ptb_word2vec, noise_distribution, skipgram_batches   # word2vec's dataset (d2l 15.3)
+    from data import fra_eng, tokenize_nmt, split_by_source, nmt_vocab, nmt_arrays  # translation (d2l 10.5)
     from data import BPETokenizer                                          # byte-level BPE (d2l 15.6)
     from data import positive_int, positive_float, probability, save_metrics  # the command-line contract
 """
@@ -38,8 +39,16 @@ from .text import (
     tinyshakespeare,
     tokenize,
 )
+from .translation import fra_eng, nmt_arrays, nmt_vocab, pad_truncate, preprocess_nmt, split_by_source, tokenize_nmt
 
 __all__ = [
+    "fra_eng",
+    "nmt_arrays",
+    "nmt_vocab",
+    "pad_truncate",
+    "preprocess_nmt",
+    "split_by_source",
+    "tokenize_nmt",
     "BPETokenizer",
     "DataError",
     "FASHION_MNIST_CLASSES",

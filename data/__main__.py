@@ -9,7 +9,7 @@ to have everything offline afterwards; ``make test`` runs it first, so tests nev
 import argparse
 import sys
 
-from . import fmnist, text
+from . import fmnist, text, translation
 from .files import DataError
 
 
@@ -31,11 +31,24 @@ def fetch_text(*files: text.TextFile):
     return fetch
 
 
+def fetch_fra_eng(data_dir=None) -> list[str]:
+    path = translation.fetch(
+        "fra-eng",
+        "fra.txt",
+        [translation.FRA_ENG_URL],
+        translation.FRA_ENG_CHECKSUM,
+        data_dir,
+        translation.FRA_ENG_MEMBER,
+    )
+    return [f"  fra.txt: {len(translation.fra_eng(data_dir)):,} pairs  {path.parent}"]
+
+
 DATASETS = {
     "fashion-mnist": fetch_fashion_mnist,
     "timemachine": fetch_text(text.TIMEMACHINE),
     "tinyshakespeare": fetch_text(text.TINYSHAKESPEARE),
     "ptb": fetch_text(*text.PTB.values()),
+    "fra-eng": fetch_fra_eng,
 }
 
 
