@@ -539,7 +539,7 @@ def main(argv=None) -> dict:
     print("\n".join(table))
 
     metrics = {"script": Path(__file__).stem, "test_bleu": bleu["greedy"],
-               "test_bleu_beam": {k: bleu[f"beam {k}"] for k in args.beam_sizes},
+               "test_bleu_beam": {str(k): bleu[f"beam {k}"] for k in args.beam_sizes},
                "val_loss": hist["val_loss"][-1], "train_loss": hist["train_loss"][-1],
                "train_minutes": sum(hist["epoch_s"]) / 60, "decode_s": decode_s, "n_train": n_train,
                "n_test": len(test_src), "src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab), **stats,
