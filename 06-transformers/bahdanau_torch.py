@@ -9,9 +9,10 @@ own context, a weighted mean of the encoder outputs h_1..h_S, with weights from 
     context   c_t = sum_j alpha_tj h_j                           (B, H)
     decoder   s_t = GRU([e(y_{t-1}); c_t], s_{t-1})              p(y_t | y_<t, x) = softmax(W s_t + b)
 
-The rest is seq2seq_torch.py's, written again here (scripts do not import each other): the data and
-split, the masked loss, greedy and beam search with length normalisation, corpus BLEU as sacreBLEU
-computes it. Same defaults, so the two test BLEUs compare at equal training budget.
+This is d2l's variant: the paper also reads the source with a bidirectional GRU and adds a maxout
+layer before the softmax. The rest is seq2seq_torch.py's, written again here (scripts do not import
+each other): the data and split, the masked loss, greedy and beam search with length normalisation,
+corpus BLEU as sacreBLEU computes it. Same defaults, so the two test BLEUs compare at equal budget.
 The alpha_tj of a translated sentence form a matrix: its heatmap shows which source words each
 generated word looked at (for French, a near-diagonal with the adjective-noun swaps).
 

@@ -1,6 +1,7 @@
 """The results ledger: every figure in RESULTS.md is written by a run, never typed.
 
     python -m benchmarks.ledger record runs/adam_numpy     # runs/adam_numpy/metrics.json -> results/adam_numpy.json
+    python -m benchmarks.ledger record runs/seq2seq_reversed --as seq2seq_torch_reversed   # a second row, one script
     python -m benchmarks.ledger render                     # results/*.json (+ results/legacy.md) -> RESULTS.md
     python -m benchmarks.ledger render --check             # exit 1 if RESULTS.md is not what render writes
 
@@ -26,8 +27,12 @@ MAX_METRICS = 8  # headline metrics per row: the first scalar entries of the scr
 SKIP = {"script", "config", "provenance"}
 
 
-def record(run: Path, allow_dirty: bool = False, results_dir: Path = RESULTS_DIR) -> Path:
-    """Copy ``run`` (a metrics.json or the folder holding one) into ``results_dir/<script>.json``."""
+def record(run: Path, allow_dirty: bool = False, results_dir: Path = RESULTS_DIR, name: str | None = None) -> Path:
+    """Copy ``run`` (a metrics.json or the folder holding one) into ``results_dir/<script>.json``.
+
+    ``name`` records it as ``results_dir/<name>.json`` instead: a variant of a script (other flags) that
+    gets its own row beside the default run's.
+    """
     path = run / "metrics.json" if run.is_dir() else run
     if not path.is_file():
         raise SystemExit(f"error: no metrics.json at {path}")
@@ -45,7 +50,7 @@ def record(run: Path, allow_dirty: bool = False, results_dir: Path = RESULTS_DIR
         )
     script = metrics.get("script") or Path(prov["command"].split()[1]).stem
     results_dir.mkdir(parents=True, exist_ok=True)
-    dest = results_dir / f"{script}.json"
+    dest = results_dir / f"{name or script}.json"
     dest.write_text(json.dumps(metrics, indent=1, sort_keys=False) + "\n")
     return dest
 
@@ -96,7 +101,7 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
     for topic in sorted(by_topic):
         out += [f"## {topic}", "", "| script | metrics | command | commit | machine, threads | date |"]
         out += ["|---|---|---|---|---|---|"]
-        for script_path, m in sorted(by_topic[topic]):
+        for script_path, m in sorted(by_topic[topic], key=lambda r: (r[0], r[1]["provenance"]["command"])):
             prov = m["provenance"]
             cmd = prov["command"].replace("|", "\\|")
             threads = prov["threads"]
@@ -120,12 +125,15 @@ def main(argv=None) -> None:
     rec = sub.add_parser("record", help="copy runs' metrics.json into results/")
     rec.add_argument("runs", nargs="+", type=Path, help="run folders (runs/<script>) or metrics.json files")
     rec.add_argument("--allow-dirty", action="store_true", help="accept a run made from uncommitted changes")
+    rec.add_argument("--as", dest="name", default=None, help="record one run as results/NAME.json (a variant)")
     ren = sub.add_parser("render", help="regenerate RESULTS.md from results/")
     ren.add_argument("--check", action="store_true", help="exit 1 if RESULTS.md differs from what render writes")
     args = p.parse_args(argv)
     if args.cmd == "record":
+        if args.name and len(args.runs) > 1:
+            p.error("--as names one run")
         for run in args.runs:
-            print(f"recorded {record(run, args.allow_dirty).relative_to(ROOT)}")
+            print(f"recorded {record(run, args.allow_dirty, name=args.name).relative_to(ROOT)}")
         return
     text = render()
     if args.check:

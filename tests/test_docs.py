@@ -118,6 +118,20 @@ def test_ledger_records_and_renders(tmp_path):
     assert "## 02-optimization" in text and text.rstrip().endswith("old table")
 
 
+def test_ledger_records_a_variant_as_its_own_row(tmp_path):
+    """``--as NAME``: a second run of one script (other flags) gets its own file and its own row."""
+    results = tmp_path / "results"
+    ledger.record(fake_run(tmp_path), results_dir=results)
+    variant = fake_run(tmp_path, name="adam_numpy_variant")
+    metrics = json.loads((variant / "metrics.json").read_text())
+    metrics["script"], metrics["test_acc"] = "adam_numpy", 0.5
+    metrics["provenance"]["command"] = "python 02-optimization/adam_numpy.py --lr 0.01"
+    (variant / "metrics.json").write_text(json.dumps(metrics))
+    assert ledger.record(variant, results_dir=results, name="adam_numpy_lr") == results / "adam_numpy_lr.json"
+    rows = [line for line in ledger.render(results).splitlines() if line.startswith("| [adam_numpy.py]")]
+    assert len(rows) == 2 and "test_acc 0.5;" in rows[1] and "--lr 0.01`" in rows[1]
+
+
 @pytest.mark.parametrize(
     "kind, message",
     [("smoke", "--smoke run"), ("dirty", "uncommitted changes"), ("bare", "no provenance")],

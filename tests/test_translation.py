@@ -416,9 +416,10 @@ def test_beam_search_waits_for_beam_size_finished(script):
 
 def test_smoke_run_then_translate(script, tmp_path, capsys):
     """A seconds-long run on the real corpus: the training loss falls, and test BLEU rises above a floor
-    that the same model untrained does not reach; the run's files are written; beam size 1 scores what
-    greedy search scores. Then --translate reads the checkpoint: greedy and beam translations, unknown
-    words named, and an empty or too long sentence, or a missing checkpoint, refused (exit 2)."""
+        that the same model untrained does not reach; the run's files are written; beam size 1 scores what
+        greedy search scores. Then --translate reads the checkpoint: greedy and beam translations, unknown
+        words named, and an empty or too long sentence, or a missing checkpoint, refused (exit 2). Last,
+    --resume continues the run for one more epoch, and refuses a changed setting or nothing to do."""
     name, m = script
     out = tmp_path / "run"
     metrics = m.main(["--smoke", "--out-dir", str(out), "--beam-sizes", "1", "2"])
@@ -453,6 +454,14 @@ def test_smoke_run_then_translate(script, tmp_path, capsys):
         argv = argv if "--out-dir" in argv else [*argv, "--out-dir", str(out)]
         with pytest.raises(SystemExit) as exc:
             m.main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+
+    # --resume: one more epoch continues the history; a changed setting or nothing to do is refused
+    resumed = m.main(["--smoke", "--out-dir", str(out), "--beam-sizes", "1", "2", "--resume", "--epochs", "6"])
+    assert resumed["history"]["train_loss"][:5] == hist["train_loss"] and len(resumed["history"]["train_loss"]) == 6
+    for argv, message in [(["--lr", "0.5", "--epochs", "7"], "--lr 0.01 -> 0.5"), (["--epochs", "6"], "nothing to do")]:
+        with pytest.raises(SystemExit) as exc:
+            m.main(["--smoke", "--out-dir", str(out), "--resume", *argv])
         assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
