@@ -21,7 +21,7 @@ K. Papineni et al. (2002), "BLEU", https://aclanthology.org/P02-1040; Y. Wu et a
 https://arxiv.org/abs/1609.08144; d2l 10.5-10.8, https://d2l.ai/chapter_recurrent-modern/seq2seq.html
 Arc: Translation -- encoder-decoder RNN with greedy search; beam search.
 
-Run:  python 05-rnns/seq2seq_torch.py                      (about 15 minutes on two CPU cores)
+Run:  python 05-rnns/seq2seq_torch.py                      (a quarter of an hour on two CPU cores)
       python 05-rnns/seq2seq_torch.py --reverse-source --out-dir runs/seq2seq_reversed
       python 05-rnns/seq2seq_torch.py --translate "i am cold ."   (uses the run's checkpoint)
 Look first at `Decoder.forward` (the context fed at every step), `masked_loss`, then `beam_search`

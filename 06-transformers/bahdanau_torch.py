@@ -22,7 +22,7 @@ https://d2l.ai/chapter_attention-mechanisms-and-transformers/bahdanau-attention.
 M.-T. Luong et al. (2015), "Effective Approaches to Attention-based NMT", https://arxiv.org/abs/1508.04025
 Arc: Attention -- Bahdanau attention for translation (NMT).
 
-Run:  python 06-transformers/bahdanau_torch.py                  (about 15 minutes on two CPU cores)
+Run:  python 06-transformers/bahdanau_torch.py                  (a quarter of an hour on two CPU cores)
       python 06-transformers/bahdanau_torch.py --translate "i am cold ."   (uses the run's checkpoint)
 Look first at `AdditiveAttention.forward` and the step loop of `Decoder.forward`, then at
 runs/bahdanau_torch/attention.png and the BLEU table beside seq2seq_torch.py's.
