@@ -122,6 +122,23 @@ def server(tmp_path):
 
 
 @pytest.fixture
+def offline(monkeypatch, tmp_path) -> Path:
+    """No ARC_DATA_DIR and an empty download cache at tmp_path/cache (returned): only a download, or a
+    data_dir, can supply a dataset."""
+    import data.files
+
+    monkeypatch.delenv("ARC_DATA_DIR", raising=False)
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(data.files, "CACHE_DIR", cache)
+    return cache
+
+
+def everything(folder: Path) -> list[Path]:
+    """Every file and folder below ``folder``, hidden ``.part`` files included ([] if it is absent)."""
+    return sorted(folder.rglob("*"))
+
+
+@pytest.fixture
 def missing_data_error(tmp_path, monkeypatch):
     """``missing_data_error(main)``: run ``main(["--smoke", ...])`` with no dataset anywhere (an empty
     ARC_DATA_DIR and download cache, no network) and return its one-line ``error: ...`` exit message.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import everything
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,20 +68,6 @@ def load_real(real_root, tmp_path_factory):
             return LOADERS[name](*args)
 
     return load
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path) -> Path:
-    """No ARC_DATA_DIR and an empty download cache at tmp_path/cache (returned)."""
-    monkeypatch.delenv("ARC_DATA_DIR", raising=False)
-    cache = tmp_path / "cache"
-    monkeypatch.setattr(data.files, "CACHE_DIR", cache)
-    return cache
-
-
-def everything(folder: Path) -> list[Path]:
-    """Every file and folder below ``folder``, hidden ``.part`` files included ([] if it is absent)."""
-    return sorted(folder.rglob("*"))
 
 
 def sha256(content: bytes) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import everything
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,20 +98,6 @@ def fra_zip(real_bytes) -> bytes:
         z.writestr("fra-eng/_about.txt", b"Attribution: www.manythings.org/anki and tatoeba.org\n")
         z.writestr("fra-eng/fra.txt", real_bytes)
     return buf.getvalue()
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path) -> Path:
-    """No ARC_DATA_DIR and an empty download cache at tmp_path/cache (returned)."""
-    monkeypatch.delenv("ARC_DATA_DIR", raising=False)
-    cache = tmp_path / "cache"
-    monkeypatch.setattr(data.files, "CACHE_DIR", cache)
-    return cache
-
-
-def everything(folder: Path) -> list[Path]:
-    """Every file and folder below ``folder``, hidden ``.part`` files included ([] if it is absent)."""
-    return sorted(folder.rglob("*"))
 
 
 def put(folder: Path, content: bytes) -> Path:
