@@ -562,6 +562,15 @@ def main(argv=None) -> dict:
     bleu = {name: corpus_bleu([strip(h, tgt_vocab) for h in hs], test_refs) for name, hs in hyps.items()}
     decode_s = time.perf_counter() - t0
     print("test BLEU  " + " | ".join(f"{name} {b:.2f}" for name, b in bleu.items()))
+    # greedy BLEU by source length, 4 words a bucket: where a fixed-size context (or attention) helps or not
+    by_length = {}
+    for lo in range(1, args.max_len + 1, 4):
+        idx = [i for i, s in enumerate(test_src) if lo <= len(s) < lo + 4]
+        if idx:
+            by_length[f"{lo}-{lo + 3} words"] = {"pairs": len(idx), "bleu": corpus_bleu(
+                [strip(hyps["greedy"][i], tgt_vocab) for i in idx], [test_refs[i] for i in idx])}
+    print("greedy BLEU by source length  " + " | ".join(f"{k} ({v['pairs']} pairs) {v['bleu']:.2f}"
+                                                      for k, v in by_length.items()))
     best_beam = max(args.beam_sizes)
     rows = np.linspace(0, len(test_src) - 1, 12).astype(int)
     examples = [{"source": " ".join(test_src[i]), "reference": " ".join(test_refs[i]),
@@ -580,7 +589,7 @@ def main(argv=None) -> dict:
                "train_minutes": sum(hist["epoch_s"]) / 60, "decode_s": decode_s, "n_train": n_train,
                "n_test": len(test_src), "src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab), **stats,
                "params": sum(q.numel() for q in model.parameters()),
-               "examples": examples, "device": str(device), "config": vars(args),
+               "test_bleu_by_length": by_length, "examples": examples, "device": str(device), "config": vars(args),
                "history": {k: hist[k] for k in ("train_loss", "val_loss", "val_bleu")}}
     save_metrics(out_dir, metrics, __file__, argv)
     return metrics

@@ -429,6 +429,12 @@ def test_smoke_run_then_translate(script, tmp_path, capsys):
     assert hist["val_loss"][-1] < hist["val_loss"][0]
     assert metrics["test_bleu"] > 1.5 and metrics["test_bleu_beam"]["1"] == metrics["test_bleu"]
     assert metrics["n_test"] >= 300 and metrics["n_train"] == 6000
+    by_length = metrics["test_bleu_by_length"]  # sources of 1-4 and 5 words: every test pair in one bucket
+    assert (
+        list(by_length) == ["1-4 words", "5-8 words"]
+        and sum(v["pairs"] for v in by_length.values()) == metrics["n_test"]
+    )
+    assert all(0 <= v["bleu"] <= 100 for v in by_length.values())
     files = {"metrics.json", "checkpoint.pt", "examples.md"} | ({"attention.png"} if name == "bahdanau" else set())
     assert files <= {p.name for p in out.iterdir()}
     assert (out / "examples.md").read_text().count("\n") == 14  # header, rule, 12 examples
