@@ -362,8 +362,9 @@ def translate_sentence(args, ckpt_path, device):
     src = torch.from_numpy(np.append(src_vocab.encode(words), EOS)).to(device)
     if cfg["reverse_source"]:
         src[:-1] = src[:-1].flip(0)
-    out = {"source": " ".join(words), "greedy": " ".join(strip(greedy_search(model, src[None], torch.tensor(
-        [len(src)]), cfg["max_len"] + 1)[0], tgt_vocab))}
+    src_len = torch.tensor([len(src)], device=device)
+    out = {"source": " ".join(words),
+           "greedy": " ".join(strip(greedy_search(model, src[None], src_len, cfg["max_len"] + 1)[0], tgt_vocab))}
     for k in args.beam_sizes:
         ids, score = beam_search(model, src, k, cfg["max_len"] + 1, args.length_alpha, args.length_penalty)
         out[f"beam {k}"] = f"{' '.join(strip(ids, tgt_vocab))}   (score {score:.3f})"
@@ -431,11 +432,9 @@ def main(argv=None) -> dict:
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     ckpt_path = out_dir / "checkpoint.pt"
     if args.translate is not None:
-        if not tokenize_nmt(args.translate):
-            p.error("--translate: the sentence is empty")
-        if len(tokenize_nmt(args.translate)) > 50:
-            p.error(f"--translate: {len(tokenize_nmt(args.translate))} words; the model knows short sentences only, "
-                    "give at most 50")
+        n_words = len(tokenize_nmt(args.translate))
+        if not 0 < n_words <= 50:
+            p.error(f"--translate: {n_words} words; give a sentence of 1 to 50 words (the sentence is empty or long)")
         if not ckpt_path.exists():
             p.error(f"--translate: no checkpoint at {ckpt_path}: train first (same --out-dir)")
         return translate_sentence(args, ckpt_path, device)
@@ -444,7 +443,8 @@ def main(argv=None) -> dict:
         if not ckpt_path.exists():
             p.error(f"--resume: no checkpoint at {ckpt_path}")
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        may_change = {"epochs", "resume", "device", "data_dir", "out_dir", "beam_sizes", "translate"}
+        may_change = {"epochs", "resume", "device", "data_dir", "out_dir", "beam_sizes", "translate", "length_alpha",
+                      "length_penalty"}  # where to run and how to decode; every other flag shapes the training
         diff = [f"--{k.replace('_', '-')} {ckpt['config'].get(k)} -> {v}" for k, v in vars(args).items()
                 if k not in may_change and ckpt["config"].get(k) != v]
         if diff:

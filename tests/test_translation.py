@@ -454,8 +454,8 @@ def test_smoke_run_then_translate(script, tmp_path, capsys):
     m.main(["--translate", "i am zzyzx .", "--out-dir", str(out), "--beam-sizes", "2"])
     assert "unknown to the model (read as <unk>): zzyzx" in capsys.readouterr().out
     for argv, message in [
-        (["--translate", "  "], "empty"),
-        (["--translate", "word " * 51], "at most 50"),
+        (["--translate", "  "], "--translate: 0 words"),
+        (["--translate", "word " * 51], "--translate: 51 words"),
         (["--translate", "hello .", "--out-dir", str(tmp_path / "nothing")], "no checkpoint"),
     ]:
         argv = argv if "--out-dir" in argv else [*argv, "--out-dir", str(out)]
