@@ -9,6 +9,7 @@ then a checksummed download).
     from data import lm_batches_random, lm_batches_sequential
     from data import ptb_word2vec, noise_distribution, skipgram_batches   # word2vec's dataset (d2l 15.3)
     from data import fra_eng, tokenize_nmt, split_by_source, nmt_vocab, nmt_arrays  # translation (d2l 10.5)
+    from data import shared_bpe, bpe_text, id_arrays                   # translation in shared BPE tokens
     from data import BPETokenizer                                          # byte-level BPE (d2l 15.6)
     from data import positive_int, positive_float, probability, save_metrics  # the command-line contract
 """
@@ -39,9 +40,23 @@ from .text import (
     tinyshakespeare,
     tokenize,
 )
-from .translation import fra_eng, nmt_arrays, nmt_vocab, pad_truncate, preprocess_nmt, split_by_source, tokenize_nmt
+from .translation import (
+    bpe_text,
+    fra_eng,
+    id_arrays,
+    nmt_arrays,
+    nmt_vocab,
+    pad_truncate,
+    preprocess_nmt,
+    shared_bpe,
+    split_by_source,
+    tokenize_nmt,
+)
 
 __all__ = [
+    "bpe_text",
+    "id_arrays",
+    "shared_bpe",
     "fra_eng",
     "nmt_arrays",
     "nmt_vocab",

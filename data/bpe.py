@@ -183,9 +183,10 @@ class BPETokenizer:
     """Byte-level BPE: ids 0..255 are bytes, id 256 + r is merge r; ``train``, ``encode``, ``decode``, ``save``.
 
     ``BPETokenizer(merges)`` builds one from a list of pairs (a, b); merge r may only use ids < 256 + r.
+    ``specials`` (names such as "<pad>") get the ids after the merges: see ``with_specials``.
     """
 
-    def __init__(self, merges):
+    def __init__(self, merges, specials=()):
         self.merges: list[tuple[int, int]] = []
         self.vocab: list[bytes] = [bytes([i]) for i in range(256)]  # id -> its bytes
         for r, pair in enumerate(merges):
@@ -199,12 +200,27 @@ class BPETokenizer:
             self.vocab.append(self.vocab[a] + self.vocab[b])
         self.ranks = {pair: 256 + r for r, pair in enumerate(self.merges)}  # pair -> the id it merges into
         self.cache: dict[str, tuple[int, ...]] = {}  # chunk -> its ids
+        # special tokens ("<pad>", "<eos>") take the ids after the merges; encode never produces them
+        self.specials: dict[str, int] = {}
+        for name in specials:
+            if not isinstance(name, str) or not name or name in self.specials:
+                raise ValueError(f"special tokens must be distinct non-empty strings, got {list(specials)!r}")
+            self.specials[name] = len(self.vocab) + len(self.specials)
 
     def __len__(self) -> int:
-        return len(self.vocab)
+        return len(self.vocab) + len(self.specials)
 
     def __repr__(self) -> str:
-        return f"BPETokenizer({len(self)} tokens: 256 bytes + {len(self.merges)} merges)"
+        extra = f" + {len(self.specials)} special" if self.specials else ""
+        return f"BPETokenizer({len(self)} tokens: 256 bytes + {len(self.merges)} merges{extra})"
+
+    def with_specials(self, *names: str) -> BPETokenizer:
+        """The same merges with special tokens appended: ``tok.with_specials("<pad>", "<bos>", "<eos>")``.
+
+        Their ids follow the merges (``tok.specials["<eos>"]``); ``encode`` never produces them (the
+        text "<eos>" is just bytes), and ``decode`` writes each as its name.
+        """
+        return BPETokenizer(self.merges, [*self.specials, *names])
 
     @classmethod
     def train(cls, text: str, vocab_size: int, verbose: bool = False) -> BPETokenizer:
@@ -252,7 +268,7 @@ class BPETokenizer:
 
     def decode_bytes(self, ids) -> bytes:
         """The bytes of the tokens ``ids``, concatenated."""
-        n = len(self.vocab)
+        n, names = len(self), {i: name.encode("utf-8") for name, i in self.specials.items()}
         out = []
         for i in ids:
             try:
@@ -261,7 +277,7 @@ class BPETokenizer:
                 raise ValueError(f"token ids must be ints, got {i!r}") from None
             if not 0 <= i < n:
                 raise ValueError(f"token id {i} is out of range: this tokenizer has ids 0 .. {n - 1}")
-            out.append(self.vocab[i])
+            out.append(self.vocab[i] if i < len(self.vocab) else names[i])
         return b"".join(out)
 
     def decode(self, ids, errors: str = "replace") -> str:
@@ -275,7 +291,13 @@ class BPETokenizer:
     def save(self, path) -> None:
         """Write the merges as JSON to ``path``, atomically (a temporary file, then a rename)."""
         path = Path(path)
-        doc = {"format": FORMAT, "version": VERSION, "pattern": PATTERN.pattern, "merges": self.merges}
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            "pattern": PATTERN.pattern,
+            "merges": self.merges,
+            "specials": list(self.specials),
+        }
         with atomic_write(path) as f:
             f.write(json.dumps(doc).encode("utf-8"))
 
@@ -291,4 +313,4 @@ class BPETokenizer:
             raise ValueError(f"{path} is not a saved BPETokenizer (format {FORMAT!r} version {VERSION})")
         if doc.get("pattern") != PATTERN.pattern:
             raise ValueError(f"{path} was saved with another pre-tokenizer pattern: its encodings would differ")
-        return cls(doc["merges"])
+        return cls(doc["merges"], doc.get("specials", ()))

@@ -4,6 +4,7 @@ Dive into Deep Learning, section 10.5 "Machine Translation and the Dataset":
 https://d2l.ai/chapter_recurrent-modern/machine-translation-and-dataset.html
 
     from data import fra_eng, tokenize_nmt, split_by_source, nmt_vocab, nmt_arrays
+    from data import shared_bpe, bpe_text, id_arrays                  # subword arrays (the Transformer)
 
     pairs = fra_eng()                                  # [("Go.", "Va !"), ...]: 167,130 raw pairs
     src = [tokenize_nmt(en) for en, _ in pairs]        # [["go", "."], ...]
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .bpe import BPETokenizer
 from .files import data_error, fetch
 from .text import Vocab
 
@@ -176,5 +178,37 @@ def nmt_arrays(src, tgt, src_vocab: Vocab, tgt_vocab: Vocab, num_steps: int) -> 
     cut = num_steps - 1
     S, src_len = pad_truncate([np.append(src_vocab.encode(s[:cut]), eos) for s in src], num_steps, pad)
     Y, label_len = pad_truncate([np.append(tgt_vocab.encode(t[:cut]), eos) for t in tgt], num_steps, pad)
+    D = np.concatenate([np.full((len(Y), 1), bos, dtype=np.int64), Y[:, :-1]], axis=1)  # label shifted right
+    return {"src": S, "src_len": src_len, "dec_in": D, "label": Y, "label_len": label_len}
+
+
+# %% subword tokens: one byte-level BPE shared by both languages (the Transformer's input)
+
+BPE_SPECIALS = ("<pad>", "<bos>", "<eos>")  # after the merges: ids len(tok) - 3 .. len(tok) - 1
+
+
+def bpe_text(words: Sequence[str]) -> str:
+    """A sentence's words as the text the BPE reads: a space before every word, the first one too, so that a
+    word has one token form wherever it stands (``["va", "!"]`` -> ``" va !"``)."""
+    return "".join(" " + w for w in words)
+
+
+def shared_bpe(sentences: Sequence[Sequence[str]], vocab_size: int) -> BPETokenizer:
+    """A BPETokenizer of ``vocab_size`` tokens (256 bytes, merges, then <pad> <bos> <eos>) trained on the
+    sentences of both languages together, one sentence a line."""
+    if vocab_size < 256 + len(BPE_SPECIALS):
+        raise ValueError(f"vocab_size must be at least 259 (bytes and specials), got {vocab_size}")
+    tok = BPETokenizer.train("\n".join(bpe_text(s) for s in sentences), vocab_size - len(BPE_SPECIALS))
+    return tok.with_specials(*BPE_SPECIALS)
+
+
+def id_arrays(src_ids, tgt_ids, pad: int, bos: int, eos: int) -> dict[str, np.ndarray]:
+    """Token id lists of pairs -> the arrays of ``nmt_arrays``, padded to the longest sentence (nothing is cut):
+    ``src`` = ids + eos, ``dec_in`` = bos + the label shifted right, ``label`` = ids + eos, and the lengths
+    ``src_len``, ``label_len``."""
+    if len(src_ids) != len(tgt_ids):
+        raise ValueError(f"{len(src_ids)} source sentences but {len(tgt_ids)} target sentences")
+    S, src_len = pad_truncate([np.array([*s, eos]) for s in src_ids], max(map(len, src_ids), default=0) + 1, pad)
+    Y, label_len = pad_truncate([np.array([*t, eos]) for t in tgt_ids], max(map(len, tgt_ids), default=0) + 1, pad)
     D = np.concatenate([np.full((len(Y), 1), bos, dtype=np.int64), Y[:, :-1]], axis=1)  # label shifted right
     return {"src": S, "src_len": src_len, "dec_in": D, "label": Y, "label_len": label_len}

@@ -224,6 +224,25 @@ def test_clear_errors():
     assert tok.decode([256, 99]) == "abc" and len(tok) == 257
 
 
+def test_special_tokens_follow_the_merges_and_survive_save_load(tmp_path):
+    tok = BPETokenizer([(97, 98)]).with_specials("<pad>", "<bos>", "<eos>")
+    assert tok.specials == {"<pad>": 257, "<bos>": 258, "<eos>": 259} and len(tok) == 260
+    assert tok.encode("ab<eos>") == [256, *b"<eos>"]  # the text "<eos>" is bytes, never the special id
+    assert tok.decode([258, 256, 99, 259, 257]) == "<bos>abc<eos><pad>"
+    with pytest.raises(ValueError, match="token id 260 is out of range: .* 0 .. 259"):
+        tok.decode([260])
+    with pytest.raises(ValueError, match="distinct"):
+        tok.with_specials("<pad>")
+    tok.save(tmp_path / "bpe.json")
+    tok2 = BPETokenizer.load(tmp_path / "bpe.json")
+    assert tok2.specials == tok.specials and tok2.merges == tok.merges and len(tok2) == 260
+    doc = json.loads((tmp_path / "bpe.json").read_text())
+    del doc["specials"]  # a file saved before special tokens existed loads without them
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    assert BPETokenizer.load(tmp_path / "old.json").specials == {}
+
+
+
 # %% fastText n-grams and the script's smoke run
 
 
