@@ -338,6 +338,18 @@ def to_tensors(arrays, device):
     return {k: torch.from_numpy(v).long().to(device) for k, v in arrays.items()}
 
 
+def length_batches(lengths, batch_size, rng, window=50):
+    """Minibatches of pairs of similar length, as the paper batches "by approximate sequence length": shuffle,
+    sort each window of `window` batches by length, cut it into batches, shuffle the batches. Less padding."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    for i in range(0, len(order), window * batch_size):
+        w = order[i : i + window * batch_size]
+        w = w[np.argsort(lengths[w], kind="stable")]
+        batches += [w[j : j + batch_size] for j in range(0, len(w), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def batch(t, idx):
     """Rows idx of a split, cut to the longest sentence among them (less padding, less work)."""
     b = {k: v[idx] for k, v in t.items()}
@@ -572,6 +584,7 @@ def main(argv=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     t = {name: to_tensors(a, device) for name, a in arrays.items()}
     n_train = len(t["train"]["src"])
+    lengths = arrays["train"]["src_len"] + arrays["train"]["label_len"]  # batched by length, see length_batches
 
     torch.manual_seed(args.seed)
     model = Transformer(config).to(device)
@@ -600,16 +613,15 @@ def main(argv=None) -> dict:
     try:
         for epoch in range(start, args.epochs + 1):
             t0 = time.perf_counter()
-            order = torch.from_numpy(np.random.default_rng([args.seed, epoch]).permutation(n_train)).to(device)
+            batches = length_batches(lengths, args.batch_size, np.random.default_rng([args.seed, epoch]))
             losses = []
             model.train()
-            for i in tqdm(range(0, n_train, args.batch_size), desc=f"epoch {epoch}", leave=False,
-                          disable=not sys.stdout.isatty()):
+            for idx in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not sys.stdout.isatty()):
                 step += 1
                 lr = noam(step, config.n_embd, args.warmup_steps, args.lr)  # warm-up, then 1/sqrt(step)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                b = batch(t["train"], order[i : i + args.batch_size])
+                b = batch(t["train"], torch.from_numpy(idx).to(device))
                 logits = model(b["src"], b["src_len"], b["dec_in"])  # (B, T, V), teacher forcing
                 loss = F.cross_entropy(logits.flatten(0, 1), b["label"].flatten(), ignore_index=pad,
                                        label_smoothing=args.label_smoothing)  # padding positions do not count
