@@ -35,6 +35,7 @@ trained model looks at its mirror position: an anti-diagonal.
 
 # %%
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -94,7 +95,7 @@ def dot_score(q, k):
 def scaled_dot_score(q, k):
     """q.k / sqrt(d): for q, k of unit-variance entries q.k has variance d; the scale brings it back to 1,
     so the softmax does not saturate (and its gradient vanish) as d grows."""
-    return dot_score(q, k) / np.sqrt(q.shape[-1])
+    return dot_score(q, k) / math.sqrt(q.shape[-1])  # a Python float keeps float32 float32
 
 
 def additive_score(q, k, W_q, W_k, w_v):
@@ -154,7 +155,7 @@ def attention_backward(dout, cache):
     Q, K, V, P = cache
     dV = np.swapaxes(P, -1, -2) @ dout  # (..., T_k, d_v)
     dP = dout @ np.swapaxes(V, -1, -2)  # (..., T_q, T_k)
-    dS = softmax_backward(dP, P) / np.sqrt(Q.shape[-1])
+    dS = softmax_backward(dP, P) / math.sqrt(Q.shape[-1])
     dQ = dS @ K  # (..., T_q, d)
     dK = np.swapaxes(dS, -1, -2) @ Q  # (..., T_k, d)
     return dQ, dK, dV

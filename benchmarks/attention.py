@@ -12,7 +12,6 @@ No mask by default; --causal hands the same causal bool mask (True = may attend)
 every contender still computes all T x T scores. The first call of each contender at each T is
 checked against sdpa (output and the three gradients, relative error max|a-b| / (max|a|+max|b|)),
 and the dtype each returns is recorded: a contender that computes in float64 is flagged.
-If attention_numpy.py is missing or fails to import, the numpy contender is skipped and said so.
 
 Timing, for each T in --seq-lens: `--repeats` rounds; in each round every contender in turn pauses
 `--pause` seconds, makes one untimed call, then `--block` timed calls (interleaved, as in
@@ -122,15 +121,8 @@ def main(argv=None) -> dict:
     threads = blas_threads()
     torch.set_num_threads(threads)
     hand = import_script("06-transformers/attention_torch.py")
-    fns = {}
-    try:
-        numpy_attention = import_script("06-transformers/attention_numpy.py")
-        for name in ("attention_forward", "attention_backward"):
-            if not hasattr(numpy_attention, name):
-                raise AttributeError(f"it has no {name}")
-        fns["numpy"] = numpy_attention
-    except Exception as exc:  # a missing or broken script: time the others, say why
-        print(f"06-transformers/attention_numpy.py not usable ({type(exc).__name__}: {exc}): numpy is not timed")
+    numpy_attention = import_script("06-transformers/attention_numpy.py")
+    fns = {"numpy": numpy_attention}
     fns["hand"] = lambda q, k, v, m: hand.scaled_dot_product_attention(q, k, v, m)[0]
     fns["sdpa"] = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)
     B, H, d = args.batch_size, args.n_head, args.head_dim

@@ -194,8 +194,8 @@ def bpe_text(words: Sequence[str]) -> str:
 
 
 def shared_bpe(sentences: Sequence[Sequence[str]], vocab_size: int) -> BPETokenizer:
-    """A BPETokenizer of ``vocab_size`` tokens (256 bytes, merges, then <pad> <bos> <eos>) trained on the
-    sentences of both languages together, one sentence a line."""
+    """A BPETokenizer of ``vocab_size`` tokens (256 bytes, merges, then <pad> <bos> <eos>; fewer merges if the
+    text runs out of pairs to merge) trained on the sentences of both languages together, one sentence a line."""
     if vocab_size < 256 + len(BPE_SPECIALS):
         raise ValueError(f"vocab_size must be at least 259 (bytes and specials), got {vocab_size}")
     tok = BPETokenizer.train("\n".join(bpe_text(s) for s in sentences), vocab_size - len(BPE_SPECIALS))

@@ -395,3 +395,20 @@ def test_n_embd_must_divide_by_n_head(att, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         att.main(["--smoke", "--n-embd", "30", "--n-head", "4", "--out-dir", str(tmp_path)])
     assert exc.value.code == 2 and "--n-head" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_benchmark_runs(load_script, tmp_path, causal):
+    """benchmarks/attention.py at a tiny size: every contender computes what F.scaled_dot_product_attention
+    computes (output and the three gradients) in float32, and the ratios and growth are reported."""
+    argv = ["--seq-lens", "16", "32", "--batch-size", "2", "--n-head", "2", "--head-dim", "8", "--repeats", "1"]
+    argv += ["--block", "1", "--pause", "0", "--out", str(tmp_path / "a.json"), *(["--causal"] if causal else [])]
+    out = load_script("benchmarks/attention.py").main(argv)
+    assert out["contenders"] == ["numpy", "hand", "sdpa"]
+    for T in ("16", "32"):
+        assert set(out["ratios"][T]) == {"numpy/sdpa", "hand/sdpa"}
+        for c in out["checks"][T].values():
+            assert c["rel_error_vs_sdpa"] < 1e-5 and c["dtypes"] == ["float32"] * 4
+    assert (
+        out["growth"]["16->32"]["T^2"] == 4 and json.loads((tmp_path / "a.json").read_text())["ratios"] == out["ratios"]
+    )

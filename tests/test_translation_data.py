@@ -565,3 +565,39 @@ def test_split_by_source_by_hand():
             split_by_source(src, n_test, n_val, seed=0)
     with pytest.raises(ValueError, match="train"):  # one source only: its group cannot be both test and train
         split_by_source([["go", "."]] * 5, n_test=1, n_val=0)
+
+
+# %% the Transformer's subword arrays: one BPE for both languages
+
+
+def test_bpe_text_puts_a_space_before_every_word():
+    assert tr.bpe_text(["va", "!"]) == " va !" and tr.bpe_text([]) == ""
+
+
+def test_shared_bpe_covers_both_languages_and_ends_with_the_specials():
+    """The vocabulary has vocab_size tokens, the last three <pad> <bos> <eos> (fewer merges only when no pair is
+    left to merge); every sentence of both languages round-trips; a word of either language is one token."""
+    en = [["i", "am", "cold", "."], ["you", "are", "cold", "."], ["i", "am", "here", "."]] * 20
+    fr = [["j'ai", "froid", "."], ["vous", "avez", "froid", "."], ["je", "suis", "ici", "."]] * 20
+    tok = tr.shared_bpe(en + fr, 280)
+    assert len(tok) == 280 and list(tok.specials) == ["<pad>", "<bos>", "<eos>"]
+    assert list(tok.specials.values()) == [277, 278, 279]
+    assert len(tr.shared_bpe(en + fr, 400)) < 400  # 60 sentences have fewer than 141 pairs worth merging
+    for s in en + fr:
+        assert tok.decode(tok.encode(tr.bpe_text(s))) == tr.bpe_text(s)
+    assert len(tok.encode(" froid")) == 1 and len(tok.encode(" cold")) == 1
+    with pytest.raises(ValueError, match="at least 259"):
+        tr.shared_bpe(en, 258)
+
+
+def test_id_arrays_by_hand():
+    """src = ids + eos, label = ids + eos, dec_in = bos + label shifted right, padded to the longest sentence
+    (+ eos) with nothing cut; lengths count eos."""
+    pad, bos, eos = 7, 8, 9
+    a = tr.id_arrays([[1, 2, 3], [4]], [[5], [6, 6]], pad, bos, eos)
+    assert a["src"].tolist() == [[1, 2, 3, 9], [4, 9, 7, 7]] and a["src_len"].tolist() == [4, 2]
+    assert a["label"].tolist() == [[5, 9, 7], [6, 6, 9]] and a["label_len"].tolist() == [2, 3]
+    assert a["dec_in"].tolist() == [[8, 5, 9], [8, 6, 6]]
+    assert all(v.dtype == np.int64 for v in a.values())
+    with pytest.raises(ValueError, match="2 source sentences but 1 target"):
+        tr.id_arrays([[1], [2]], [[3]], pad, bos, eos)
