@@ -652,35 +652,45 @@ def main(argv=None) -> dict:
               + (["--resume"] if saved else [])), file=sys.stderr)
         sys.exit(130)
 
-    metrics = {"script": Path(__file__).stem, "task": args.task, "params": n_params, "n_train": n_train,
-               "val_loss": hist["val_loss"][-1], "train_loss": hist["train_loss"][-1],
-               "train_minutes": sum(hist["epoch_s"]) / 60, "model_config": asdict(config), "device": str(device),
-               "config": vars(args), "history": {k: hist[k] for k in ("train_loss", "val_loss", "val_score", "lr")}}
+    # the results first (RESULTS.md shows a run's first metrics), then the training, then the details
+    common = {"val_loss": hist["val_loss"][-1], "train_loss": hist["train_loss"][-1],
+              "train_minutes": sum(hist["epoch_s"]) / 60, "params": n_params, "n_train": n_train}
     with torch.device("meta"):  # the paper's base model at its 37,000-token vocabulary, counted without memory
-        metrics["params_base_37k"] = sum(q.numel() for q in Transformer(PRESETS["base"]).parameters())
+        common["params_base_37k"] = sum(q.numel() for q in Transformer(PRESETS["base"]).parameters())
+    details = {"task": args.task, "model_config": asdict(config), "device": str(device), "config": vars(args),
+               "history": {k: hist[k] for k in ("train_loss", "val_loss", "val_score", "lr")}}
     t0 = time.perf_counter()
     hyps = {"greedy": translate_split(model, t["test"], decode_len, bos, eos)}
     if copy:
         labels = [lab[:n].tolist() for lab, n in zip(arrays["test"]["label"], arrays["test"]["label_len"])]
-        metrics["test_exact"] = float(np.mean([h == lab for h, lab in zip(hyps["greedy"], labels)]))
-        metrics["test_token_acc"] = float(np.mean([a == b for h, lab in zip(hyps["greedy"], labels)
-                                                   for a, b in zip(h + [-1] * len(lab), lab)]))
-        print(f"test: {metrics['test_exact']:.3f} of the sequences copied exactly, "
-              f"{metrics['test_token_acc']:.3f} of the tokens")
+        exact = float(np.mean([h == lab for h, lab in zip(hyps["greedy"], labels)]))
+        token_acc = float(np.mean([a == b for h, lab in zip(hyps["greedy"], labels)
+                                   for a, b in zip(h + [-1] * len(lab), lab)]))
+        print(f"test: {exact:.3f} of the sequences copied exactly, {token_acc:.3f} of the tokens")
+        metrics = {"script": Path(__file__).stem, "test_exact": exact, "test_token_acc": token_acc, **common, **details}
         save_metrics(out_dir, metrics, __file__, argv)
         return metrics
     for k in args.beam_sizes:
         hyps[f"beam {k}"] = translate_split(model, t["test"], decode_len, bos, eos, k, args.length_alpha,
                                             args.length_penalty, desc=f"beam {k}")
+    decode_s = time.perf_counter() - t0
     test_src, test_refs = words["test"]
-    bleu = {name: corpus_bleu([words_of(h, tok) for h in hs], test_refs) for name, hs in hyps.items()}
-    metrics["decode_s"] = time.perf_counter() - t0
+    hyp_words = {name: [words_of(h, tok) for h in hs] for name, hs in hyps.items()}
+    bleu = {name: corpus_bleu(hw, test_refs) for name, hw in hyp_words.items()}
     print("test BLEU  " + " | ".join(f"{name} {b:.2f}" for name, b in bleu.items()))
+    by_length = {}  # greedy BLEU by source length, in the buckets of seq2seq_torch.py and bahdanau_torch.py
+    for lo in range(1, args.max_len + 1, 4):
+        idx = [i for i, s in enumerate(test_src) if lo <= len(s) < lo + 4]
+        if idx:
+            by_length[f"{lo}-{lo + 3} words"] = {"pairs": len(idx), "bleu": corpus_bleu(
+                [hyp_words["greedy"][i] for i in idx], [test_refs[i] for i in idx])}
+    print("greedy BLEU by source length  " + " | ".join(f"{k} ({v['pairs']} pairs) {v['bleu']:.2f}"
+                                                      for k, v in by_length.items()))
     best_beam = max(args.beam_sizes)
     rows = np.linspace(0, len(test_src) - 1, 12).astype(int)
     examples = [{"source": " ".join(test_src[i]), "reference": " ".join(test_refs[i]),
-                 "greedy": " ".join(words_of(hyps["greedy"][i], tok)),
-                 f"beam {best_beam}": " ".join(words_of(hyps[f"beam {best_beam}"][i], tok))} for i in rows]
+                 "greedy": " ".join(hyp_words["greedy"][i]),
+                 f"beam {best_beam}": " ".join(hyp_words[f"beam {best_beam}"][i])} for i in rows]
     table = [f"| source | reference | greedy | beam {best_beam} |", "|---|---|---|---|"]
     table += ["| " + " | ".join(e.values()) + " |" for e in examples]
     (out_dir / "examples.md").write_text("\n".join(table) + "\n")
@@ -689,8 +699,10 @@ def main(argv=None) -> dict:
         if isinstance(m, MultiHeadAttention):
             m.sdpa = False
     plot_attention(model, t["test"], rows[[2, 5, 8]], tok, decode_len, out_dir / "attention.png")
-    metrics.update(test_bleu=bleu["greedy"], test_bleu_beam={str(k): bleu[f"beam {k}"] for k in args.beam_sizes},
-                   vocab_size=V, examples=examples, **stats)
+    metrics = {"script": Path(__file__).stem, "test_bleu": bleu["greedy"],
+               "test_bleu_beam": {str(k): bleu[f"beam {k}"] for k in args.beam_sizes}, **common, "decode_s": decode_s,
+               "n_test": len(test_src), "vocab_size": V, **stats, "test_bleu_by_length": by_length,
+               "examples": examples, **details}
     save_metrics(out_dir, metrics, __file__, argv)
     return metrics
 
