@@ -202,14 +202,16 @@ class Transformer(nn.Module):
             x = layer(x, src_mask)
         return self.enc_norm(x), src_mask
 
-    def decode(self, tgt, memory, src_mask):
-        """tgt (B, T) = BOS y_1 .. y_{T-1} -> logits (B, T, V). Position t sees tgt[:, :t+1] and the whole source."""
+    def decode(self, tgt, memory, src_mask, last=False):
+        """tgt (B, T) = BOS y_1 .. y_{T-1} -> logits (B, T, V); position t sees tgt[:, :t+1] and the whole source.
+        last=True: the logits of the last position only (B, 1, V), all that a search step needs."""
         T = tgt.shape[1]
         # target padding comes after the real tokens, so the causal mask already keeps real positions off it
         causal = torch.ones(T, T, dtype=torch.bool, device=tgt.device).tril()[None, None]  # (1, 1, T, T)
         x = self.inputs(tgt)
         for layer in self.decoder:
             x = layer(x, memory, src_mask, causal)
+        x = x[:, -1:] if last else x
         return self.dec_norm(x) @ self.embed.weight.T  # (B, T, V): the output layer is E^T, no bias
 
     def forward(self, src, src_len, tgt):
@@ -235,7 +237,7 @@ def greedy_search(model, src, src_len, max_len, bos, eos):
     memory, src_mask = model.encode(src, src_len)
     ys = torch.full((src.shape[0], 1), bos, dtype=torch.long, device=src.device)
     for _ in range(max_len):
-        y = model.decode(ys, memory, src_mask)[:, -1].argmax(-1)  # (B,): the last position's prediction
+        y = model.decode(ys, memory, src_mask, last=True)[:, -1].argmax(-1)  # (B,): the last position's prediction
         ys = torch.cat([ys, y[:, None]], dim=1)
         if (ys == eos).any(dim=1).all():
             break
@@ -261,7 +263,7 @@ def beam_search(model, src, beam_size, max_len, bos, eos, alpha=0.75, penalty="p
     prefixes, logp, finished = [[]], torch.zeros(1, device=src.device), []
     for _ in range(max_len):
         ys = torch.tensor([[bos] + p for p in prefixes], device=src.device)  # (k, t)
-        logits = model.decode(ys, memory.expand(len(prefixes), -1, -1), src_mask)[:, -1]  # (k, V)
+        logits = model.decode(ys, memory.expand(len(prefixes), -1, -1), src_mask, last=True)[:, -1]  # (k, V)
         cand = (logp[:, None] + F.log_softmax(logits, dim=-1)).flatten()  # (k * V,) log p(prefix + w)
         top = cand.topk(min(2 * beam_size, len(cand)))
         keep = []

@@ -112,11 +112,45 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
                 f"`{prov['git_commit'][:10]}` | {machine} | {prov['date'][:10]} |"
             )
         out.append("")
+    out += translation_table(runs)
     if not runs:
         out += ["No run has been recorded under the ledger yet.", ""]
     if (results_dir / LEGACY.name).is_file():
         out += [(results_dir / LEGACY.name).read_text().rstrip(), ""]
     return "\n".join(out)
+
+
+def translation_table(runs: list[dict]) -> list[str]:
+    """One table of every recorded translation run (those with `test_bleu` and `test_bleu_beam`), whatever its
+    folder: corpus BLEU on the same held-out test split, greedy and at each beam size, side by side."""
+    rows = [m for m in runs if "test_bleu" in m and isinstance(m.get("test_bleu_beam"), dict)]
+    if not rows:
+        return []
+    beams = sorted({int(k) for m in rows for k in m["test_bleu_beam"]})
+    out = [
+        "## Translation: test BLEU of every model",
+        "",
+        "English to French, corpus BLEU (0-100) on the test split that no model trains on (the rows above give",
+        "each run's other metrics). Rows with other flags trained on other data or budgets: read the command.",
+        "",
+        "| script | greedy | " + " | ".join(f"beam {k}" for k in beams) + " | train minutes | parameters | command |",
+        "|---|" + "---:|" * (len(beams) + 3) + "---|",
+    ]
+    order = sorted(
+        rows, key=lambda m: (" --" in m["provenance"]["command"], m["provenance"]["command"])
+    )  # defaults first
+    for m in order:
+        script_path = m["provenance"]["command"].split()[1]
+        beam = [fmt(m["test_bleu_beam"][str(k)]) if str(k) in m["test_bleu_beam"] else "" for k in beams]
+        cells = [
+            fmt(m["test_bleu"]),
+            *beam,
+            fmt(m["train_minutes"]) if "train_minutes" in m else "",
+            fmt(m["params"]) if "params" in m else "",
+        ]
+        cmd = m["provenance"]["command"].replace("|", "\\|")
+        out.append(f"| [{Path(script_path).name}]({script_path}) | " + " | ".join(cells) + f" | `{cmd}` |")
+    return [*out, ""]
 
 
 def main(argv=None) -> None:

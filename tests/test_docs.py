@@ -132,6 +132,29 @@ def test_ledger_records_a_variant_as_its_own_row(tmp_path):
     assert len(rows) == 2 and "test_acc 0.5;" in rows[1] and "--lr 0.01`" in rows[1]
 
 
+def test_ledger_renders_one_bleu_table_of_every_translation_run(tmp_path):
+    """Runs that report test_bleu and test_bleu_beam, from any folder, share one table: greedy and each beam
+    size in its own column (blank where a run did not decode with it); other runs are not in it."""
+    results = tmp_path / "results"
+    ledger.record(fake_run(tmp_path), results_dir=results)
+    assert "## Translation" not in ledger.render(results)  # no translation run yet, no table
+    for name, folder, bleu, beams in [
+        ("rnn", "05-rnns", 18.5, {"1": 18.5, "4": 20.25}),
+        ("tf", "06-x", 21.0, {"1": 21.0}),
+    ]:
+        run = fake_run(tmp_path, name=name)
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics.update(test_bleu=bleu, test_bleu_beam=beams, train_minutes=12.5, params=1234)
+        metrics["provenance"]["command"] = f"python {folder}/{name}.py"
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        ledger.record(run, results_dir=results)
+    text = ledger.render(results)
+    table = text[text.index("## Translation") :].split("\n\n")[2].splitlines()
+    assert table[0].startswith("| script | greedy | beam 1 | beam 4 | train minutes | parameters |")
+    assert table[2] == "| [rnn.py](05-rnns/rnn.py) | 18.5 | 18.5 | 20.25 | 12.5 | 1,234 | `python 05-rnns/rnn.py` |"
+    assert table[3] == "| [tf.py](06-x/tf.py) | 21 | 21 |  | 12.5 | 1,234 | `python 06-x/tf.py` |" and len(table) == 4
+
+
 @pytest.mark.parametrize(
     "kind, message",
     [("smoke", "--smoke run"), ("dirty", "uncommitted changes"), ("bare", "no provenance")],
