@@ -27,7 +27,7 @@ d2l 11.1-11.5, https://d2l.ai/chapter_attention-mechanisms-and-transformers/inde
 D. Bahdanau, K. Cho, Y. Bengio (2015), https://arxiv.org/abs/1409.0473 (additive attention)
 Arc: Attention -- attention scoring functions and multi-head self-attention.
 
-Run:  python 06-transformers/attention_torch.py                 (a few minutes on one CPU core)
+Run:  python 06-transformers/attention_torch.py                 (about a minute on two CPU cores)
       python 06-transformers/attention_torch.py --sdpa --n-head 2
       python 06-transformers/attention_torch.py --smoke         (seconds)
 Look first at `scaled_dot_product_attention` and `softmax`, then `MultiHeadAttention.forward` (the

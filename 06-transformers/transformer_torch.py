@@ -27,8 +27,8 @@ d2l 11.7, https://d2l.ai/chapter_attention-mechanisms-and-transformers/transform
 R. Xiong et al. (2020), "On Layer Normalization in the Transformer Architecture", https://arxiv.org/abs/2002.04745
 Arc: Attention -- The Transformer (implement it in PyTorch).
 
-Run:  python 06-transformers/transformer_torch.py                 (about 20 minutes on two CPU cores)
-      python 06-transformers/transformer_torch.py --task copy     (a minute)
+Run:  python 06-transformers/transformer_torch.py                 (about 25 minutes on two CPU cores)
+      python 06-transformers/transformer_torch.py --task copy     (a few minutes)
       python 06-transformers/transformer_torch.py --translate "i am cold ."
 Look first at `MultiHeadAttention.forward`, `residual` and `Transformer.decode`, then at
 runs/transformer_torch/attention.png and the BLEU table beside the two recurrent models'.
@@ -401,8 +401,9 @@ def plot_attention(model, t, rows, tok, max_len, path):
         ids = greedy_search(model, src, t["src_len"][i : i + 1], max_len, bos, eos)[0]
         model(src, t["src_len"][i : i + 1], torch.tensor([[bos] + ids[:-1]], device=src.device))  # fills .weights
         src_toks, out_toks = [tok.decode([j]) for j in src[0].tolist()], [tok.decode([j]) for j in ids]
+        in_toks = ["<bos>", *out_toks[:-1]]  # the decoder reads these; row t is the query that predicts out_toks[t]
         maps = [(model.encoder[-1].self_attn, src_toks, src_toks, "encoder self-attention"),
-                (model.decoder[-1].self_attn, out_toks, out_toks, "decoder self-attention (causal)"),
+                (model.decoder[-1].self_attn, in_toks, out_toks, "decoder self-attention (causal)"),
                 (model.decoder[-1].cross_attn, src_toks, out_toks, "cross-attention")]
         for a, (attn, xs, ys, title) in zip(ax, maps):
             a.imshow(attn.weights[0].mean(0).cpu().numpy(), cmap="Greys", vmin=0, vmax=1)  # mean over heads
@@ -475,10 +476,11 @@ def main(argv=None) -> dict:
     p.add_argument("--pre-ln", action="store_true", help="pre-LN instead of the paper's post-LN")
     p.add_argument("--sdpa", action="store_true", help="F.scaled_dot_product_attention instead of the hand-written")
     p.add_argument("--epochs", type=positive_int, default=None, help="passes over the training set (default 8; 4 "
-                   "with --smoke; copy: 4)")
+                   "with --smoke; copy: 10)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="sentence pairs per minibatch (default 128)")
     p.add_argument("--lr", type=positive_float, default=None,
-                   help="peak learning rate (default: the paper's d_model^-0.5 warmup^-0.5)")
+                   help="peak learning rate (default: the paper's d_model^-0.5 warmup^-0.5; copy: 1e-3, as post-LN "
+                   "at width 256 collapses at the paper's peak after 100 warm-up steps)")
     p.add_argument("--warmup-steps", type=positive_int, default=None,
                    help="steps of linear warm-up (default 600; 100 with --smoke or copy)")
     p.add_argument("--label-smoothing", type=probability, default=0.1, help="default 0.1, as the paper")
@@ -515,7 +517,8 @@ def main(argv=None) -> dict:
     except ValueError as exc:
         p.error(str(exc))
     copy = args.task == "copy"
-    defaults = {"epochs": (4, 4 if copy else 8), "warmup_steps": (100, 100 if copy else 600),
+    defaults = {"epochs": (4, 10 if copy else 8), "warmup_steps": (100, 100 if copy else 600),
+                "lr": (None, 1e-3 if copy else None),
                 "max_len": (5, 8), "n_train": (6000, 10_000 if copy else 30_000),
                 "n_test": (300, 500 if copy else 2000), "vocab_size": (600, 4000)}
     if args.smoke:
