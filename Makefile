@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/conv.py
 	$(PY) benchmarks/cnn_zoo.py
 	$(PY) benchmarks/rnn.py
+	$(PY) benchmarks/attention.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -502,7 +502,7 @@ def main(argv=None) -> dict:
         p.error(f"--n-head {args.n_head} must divide --n-embd {args.n_embd}")
     out_dir = Path(args.out_dir or Path(__file__).resolve().parent.parent / "runs" / Path(__file__).stem)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {"script": "attention_numpy"}
+    metrics = {}  # the reversal's results go first in metrics.json (RESULTS.md shows a run's first metrics)
 
     # Attention pooling on d2l's toy regression: y = 2 sin x + x^0.8 + noise
     rng = np.random.default_rng([args.seed, 3])
@@ -549,9 +549,9 @@ def main(argv=None) -> dict:
     logits, cache = model_forward(params, x_val[:1], args.n_head)
     plot_attention_maps(cache[3], x_val[0], logits[0].argmax(axis=-1), out_dir / "attention_maps.png")
 
-    metrics |= {"chance_token_acc": 1 / K, "first_loss": hist["train_loss"][0], "final_loss": hist["train_loss"][-1],
-                "token_acc": hist["token_acc"][-1], "seq_acc": hist["seq_acc"][-1], "train_seconds": seconds,
-                "config": vars(args), "history": hist}  # fmt: skip
+    metrics = {"script": "attention_numpy", "token_acc": hist["token_acc"][-1], "seq_acc": hist["seq_acc"][-1],
+               "chance_token_acc": 1 / K, "first_loss": hist["train_loss"][0], "final_loss": hist["train_loss"][-1],
+               "train_seconds": seconds, **metrics, "config": vars(args), "history": hist}  # fmt: skip
     save_metrics(out_dir, metrics, __file__, argv)
     print(f"held-out token accuracy {metrics['token_acc']:.3f}, sequence accuracy {metrics['seq_acc']:.3f} "
           f"(chance {1 / K:.2f}); wrote {out_dir}/metrics.json and 3 figures")

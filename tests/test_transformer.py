@@ -269,7 +269,10 @@ def test_preset_parameter_counts(tf):
     assert count(big) == expected_params(37000, 6, 1024, 4096, False) == 214_245_376
     cpu = tf.PRESETS["cpu"]
     with torch.device("meta"):
-        assert count(tf.Transformer(cpu)) == expected_params(cpu.vocab_size, cpu.n_layer, 256, 1024, False) and cpu.n_layer == 2
+        assert (
+            count(tf.Transformer(cpu)) == expected_params(cpu.vocab_size, cpu.n_layer, 256, 1024, False)
+            and cpu.n_layer == 2
+        )
 
 
 # %% searches and BLEU
