@@ -475,12 +475,12 @@ def main(argv=None) -> dict:
     p.add_argument("--dropout", type=probability, default=None, help="P_drop (default: the preset's, 0.1 for cpu)")
     p.add_argument("--pre-ln", action="store_true", help="pre-LN instead of the paper's post-LN")
     p.add_argument("--sdpa", action="store_true", help="F.scaled_dot_product_attention instead of the hand-written")
-    p.add_argument("--epochs", type=positive_int, default=None, help="passes over the training set (default 8; 4 "
+    p.add_argument("--epochs", type=positive_int, default=None, help="passes over the training set (default 8; 6 "
                    "with --smoke; copy: 10)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="sentence pairs per minibatch (default 128)")
     p.add_argument("--lr", type=positive_float, default=None,
-                   help="peak learning rate (default: the paper's d_model^-0.5 warmup^-0.5; copy: 1e-3, as post-LN "
-                   "at width 256 collapses at the paper's peak after 100 warm-up steps)")
+                   help="peak learning rate (default: the paper's d_model^-0.5 warmup^-0.5; 5e-3 with --smoke; copy: "
+                   "1e-3, as post-LN at width 256 collapses at the paper's peak after 100 warm-up steps)")
     p.add_argument("--warmup-steps", type=positive_int, default=None,
                    help="steps of linear warm-up (default 600; 100 with --smoke or copy)")
     p.add_argument("--label-smoothing", type=probability, default=0.1, help="default 0.1, as the paper")
@@ -517,8 +517,8 @@ def main(argv=None) -> dict:
     except ValueError as exc:
         p.error(str(exc))
     copy = args.task == "copy"
-    defaults = {"epochs": (4, 10 if copy else 8), "warmup_steps": (100, 100 if copy else 600),
-                "lr": (None, 1e-3 if copy else None),
+    defaults = {"epochs": (6, 10 if copy else 8), "warmup_steps": (100, 100 if copy else 600),
+                "lr": (5e-3, 1e-3 if copy else None),
                 "max_len": (5, 8), "n_train": (6000, 10_000 if copy else 30_000),
                 "n_test": (300, 500 if copy else 2000), "vocab_size": (600, 4000)}
     if args.smoke:

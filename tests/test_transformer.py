@@ -386,7 +386,7 @@ def test_smoke_run_then_translate_and_resume(tf, tmp_path, capsys):
     metrics = tf.main(["--smoke", "--out-dir", str(out), "--beam-sizes", "1", "2"])
     hist = metrics["history"]
     assert hist["train_loss"][-1] < 0.75 * hist["train_loss"][0] and hist["val_loss"][-1] < hist["val_loss"][0]
-    assert metrics["test_bleu"] > 0.8 and metrics["test_bleu_beam"]["1"] == metrics["test_bleu"]
+    assert metrics["test_bleu"] > 1.0 and metrics["test_bleu_beam"]["1"] == metrics["test_bleu"]
     assert metrics["n_train"] == 6000 and metrics["vocab_size"] == 600 and metrics["params_base_37k"] == 63_082_496
     assert {"metrics.json", "checkpoint.pt", "examples.md", "attention.png"} <= {p.name for p in out.iterdir()}
     assert (out / "examples.md").read_text().count("\n") == 14  # header, rule, 12 examples
@@ -413,9 +413,12 @@ def test_smoke_run_then_translate_and_resume(tf, tmp_path, capsys):
             tf.main(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
 
-    resumed = tf.main(["--smoke", "--out-dir", str(out), "--beam-sizes", "1", "--resume", "--epochs", "5"])
-    assert resumed["history"]["train_loss"][:4] == hist["train_loss"] and len(resumed["history"]["train_loss"]) == 5
-    for argv, message in [(["--lr", "0.5", "--epochs", "6"], "--lr None -> 0.5"), (["--epochs", "5"], "nothing to do")]:
+    resumed = tf.main(["--smoke", "--out-dir", str(out), "--beam-sizes", "1", "--resume", "--epochs", "7"])
+    assert resumed["history"]["train_loss"][:6] == hist["train_loss"] and len(resumed["history"]["train_loss"]) == 7
+    for argv, message in [
+        (["--lr", "0.5", "--epochs", "8"], "--lr 0.005 -> 0.5"),
+        (["--epochs", "7"], "nothing to do"),
+    ]:
         with pytest.raises(SystemExit) as exc:
             tf.main(["--smoke", "--out-dir", str(out), "--resume", *argv])
         assert exc.value.code == 2 and message in capsys.readouterr().err
@@ -425,7 +428,7 @@ def test_copy_task_is_learned(tf, tmp_path):
     """The sanity run: after seconds of training, most random sequences of 1-10 symbols are copied exactly."""
     argv = ["--task", "copy", "--smoke", "--out-dir", str(tmp_path)]
     metrics = tf.main(argv)
-    assert metrics["test_exact"] > 0.6 and metrics["test_token_acc"] > 0.85
+    assert metrics["test_exact"] > 0.5 and metrics["test_token_acc"] > 0.8
     assert metrics["history"]["val_score"][-1] > metrics["history"]["val_score"][0]
 
 
