@@ -1,9 +1,10 @@
-"""Checks shared by the CNN case-study tests (tests/test_cnn_case_studies.py, test_inception.py,
-test_mobilenet_efficientnet.py): every one of those scripts returns and writes the same metrics, and
-evaluates the same way."""
+"""Checks shared by smoke tests: the CNN case studies (tests/test_cnn_case_studies.py, test_inception.py,
+test_mobilenet_efficientnet.py), every one of which returns and writes the same metrics and evaluates the
+same way; and the translation scripts' --translate (test_translation.py, test_transformer.py)."""
 
 import json
 
+import pytest
 import torch
 
 
@@ -51,3 +52,17 @@ def check_evaluate_keeps_batchnorm_buffers(module, model):
 def model_channels(model):
     """The input channels of a model: those of its first convolution."""
     return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+
+
+def check_translate_refusals(main, out, tmp_path, capsys):
+    """A translation script's ``--translate`` refuses, with exit code 2 and a message on stderr, an empty
+    sentence, one of 51 words, and an --out-dir that holds no checkpoint (``out`` holds one)."""
+    for argv, message in [
+        (["--translate", "  "], "--translate: 0 words"),
+        (["--translate", "word " * 51], "--translate: 51 words"),
+        (["--translate", "hello .", "--out-dir", str(tmp_path / "nothing")], "no checkpoint"),
+    ]:
+        argv = argv if "--out-dir" in argv else [*argv, "--out-dir", str(out)]
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from gradcheck import rel_error, torch_vjp
+from gradcheck import check_adam_step, rel_error, torch_vjp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -437,22 +437,7 @@ def test_model_loss_and_grads_equal_autograd(att):
 def test_adam_step_follows_torch_adam(att):
     """100 steps of the script's adam_step beside torch.optim.Adam fed the same gradients (non-default betas
     and eps, one tensor with gradients small enough that eps matters): parameters agree to 1e-10 every step."""
-    rng = np.random.default_rng(7)
-    params = {"W": rng.standard_normal((4, 3)), "b": rng.standard_normal(5), "c": rng.standard_normal((2, 2))}
-    scale = {"W": 1.0, "b": 3.0, "c": 1e-6}
-    ref = [torch.tensor(v, requires_grad=True) for v in params.values()]
-    lr, betas, eps = 0.03, (0.8, 0.99), 1e-6
-    opt, state = torch.optim.Adam(ref, lr=lr, betas=betas, eps=eps), {}
-    for step in range(100):
-        grads = {
-            k: scale[k] * (np.sin(3 * v) + 0.5 * v + 0.3 * rng.standard_normal(v.shape)) for k, v in params.items()
-        }
-        for t, g in zip(ref, grads.values()):
-            t.grad = torch.from_numpy(g.copy())
-        opt.step()
-        att.adam_step(params, grads, state, lr, betas=betas, eps=eps)
-        for (k, v), t in zip(params.items(), ref):
-            assert rel_error(v, t) <= 1e-10, (step, k)
+    check_adam_step(att.adam_step, seed=7)
 
 
 # --- attention pooling and positional encoding --------------------------------------------------

@@ -242,7 +242,6 @@ def test_special_tokens_follow_the_merges_and_survive_save_load(tmp_path):
     assert BPETokenizer.load(tmp_path / "old.json").specials == {}
 
 
-
 # %% fastText n-grams and the script's smoke run
 
 

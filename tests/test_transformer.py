@@ -20,6 +20,7 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from gradcheck import rel_error
+from smoke import check_translate_refusals
 from torch import nn
 
 TOL = 1e-10
@@ -403,15 +404,7 @@ def test_smoke_run_then_translate_and_resume(tf, tmp_path, capsys):
     answer = tf.main(["--translate", "I am cold.", "--out-dir", str(out), "--beam-sizes", "2"])
     assert answer["source"] == "i am cold ." and set(answer) == {"source", "greedy", "beam 2"}
     assert answer["greedy"] and re.fullmatch(r".* \(score -?\d+\.\d{3}\)", answer["beam 2"])
-    for argv, message in [
-        (["--translate", "  "], "--translate: 0 words"),
-        (["--translate", "word " * 51], "--translate: 51 words"),
-        (["--translate", "hello .", "--out-dir", str(tmp_path / "nothing")], "no checkpoint"),
-    ]:
-        argv = argv if "--out-dir" in argv else [*argv, "--out-dir", str(out)]
-        with pytest.raises(SystemExit) as exc:
-            tf.main(argv)
-        assert exc.value.code == 2 and message in capsys.readouterr().err
+    check_translate_refusals(tf.main, out, tmp_path, capsys)
 
     resumed = tf.main(["--smoke", "--out-dir", str(out), "--beam-sizes", "1", "--resume", "--epochs", "7"])
     assert resumed["history"]["train_loss"][:6] == hist["train_loss"] and len(resumed["history"]["train_loss"]) == 7

@@ -15,6 +15,7 @@ import pytest
 import sacrebleu
 import torch
 import torch.nn.functional as F
+from smoke import check_translate_refusals
 from torch import nn
 
 SCRIPTS = {"seq2seq": "05-rnns/seq2seq_torch.py", "bahdanau": "06-transformers/bahdanau_torch.py"}
@@ -453,15 +454,7 @@ def test_smoke_run_then_translate(script, tmp_path, capsys):
     assert answer["greedy"] and re.fullmatch(r".* \(score -?\d+\.\d{3}\)", answer["beam 2"])
     m.main(["--translate", "i am zzyzx .", "--out-dir", str(out), "--beam-sizes", "2"])
     assert "unknown to the model (read as <unk>): zzyzx" in capsys.readouterr().out
-    for argv, message in [
-        (["--translate", "  "], "--translate: 0 words"),
-        (["--translate", "word " * 51], "--translate: 51 words"),
-        (["--translate", "hello .", "--out-dir", str(tmp_path / "nothing")], "no checkpoint"),
-    ]:
-        argv = argv if "--out-dir" in argv else [*argv, "--out-dir", str(out)]
-        with pytest.raises(SystemExit) as exc:
-            m.main(argv)
-        assert exc.value.code == 2 and message in capsys.readouterr().err
+    check_translate_refusals(m.main, out, tmp_path, capsys)
 
     # --resume: one more epoch continues the history; a changed setting or nothing to do is refused
     resumed = m.main(["--smoke", "--out-dir", str(out), "--beam-sizes", "1", "2", "--resume", "--epochs", "6"])
