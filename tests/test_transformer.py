@@ -205,7 +205,6 @@ def test_inputs_are_scaled_embeddings_plus_positions_and_the_output_is_tied(tf):
     assert rel_error(model.inputs(src), expected) < 1e-14
     names = [n for n, _ in model.named_parameters()]
     assert sum("embed" in n for n in names) == 1 and not any("lm_head" in n or "generator" in n for n in names)
-    model.embed.weight.grad = None
     logits = model(src, src_len, tgt)
     memory, mask = model.encode(src, src_len)
     h = tgt_hidden(model, tgt, memory, mask)
@@ -220,6 +219,21 @@ def tgt_hidden(model, tgt, memory, mask):
     for layer in model.decoder:
         x = layer(x, memory, mask, causal)
     return model.dec_norm(x)
+
+
+def test_length_batches_cover_every_pair_once_and_group_similar_lengths(tf):
+    """Every pair lands in exactly one batch of at most batch_size; inside a window of 50 batches the pairs are
+    sorted by length, so a batch spans far fewer lengths than a random one; another seed, another order."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 40, 7000)
+    batches = tf.length_batches(lengths, 32, np.random.default_rng(1))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(7000)) and all(0 < len(b) <= 32 for b in batches)
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    random_spread = np.mean([np.ptp(lengths[b]) for b in np.array_split(rng.permutation(7000), len(batches))])
+    assert spread < 0.2 * random_spread
+    other = tf.length_batches(lengths, 32, np.random.default_rng(2))
+    assert [b.tolist() for b in other] != [b.tolist() for b in batches]
 
 
 def test_positional_encoding_formula(tf):
