@@ -118,7 +118,9 @@ class CausalSelfAttention(nn.Module):
         mask = self.causal[S - T : S, :S]  # (T, S): query i (position S-T+i) sees keys s <= S-T+i
         p = self.dropout if self.training else 0.0
         if self.sdpa:  # the fast path: the same computation in one fused kernel
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            causal = T == S  # no cache: SDPA builds the lower-triangular mask itself, faster than reading ours
+            mask = None if causal else mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, nh, T, S): q_t . k_s / sqrt(d_head)
             att = att.masked_fill(~mask, float("-inf"))  # no looking ahead
