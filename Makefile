@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cnn_zoo.py
 	$(PY) benchmarks/rnn.py
 	$(PY) benchmarks/attention.py
+	$(PY) benchmarks/gpt.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -483,3 +483,16 @@ def test_sample_without_checkpoint_and_a_prompt_outside_the_vocabulary(g2, tmp_p
 
 def test_missing_data_is_one_line(g2, missing_data_error):
     assert "tinyshakespeare" in missing_data_error(g2.main)
+
+
+def test_gpt_benchmark_runs(load_script, tmp_path):
+    """benchmarks/gpt.py at a tiny size: the cached and uncached generations are the same tokens, and the three
+    training contenders are timed with their ratios to gpt2_torch.py --sdpa."""
+    out = load_script("benchmarks/gpt.py").main(
+        ["--new-tokens", "4", "8", "--repeats", "1", "--steps", "1", "--out", str(tmp_path / "gpt.json")]
+    )
+    assert [r["new_tokens"] for r in out["generation"]] == [4, 8]
+    assert all(r["same_tokens"] and r["speedup"] > 0 for r in out["generation"])
+    rows = {r["contender"]: r for r in out["training"]}
+    assert rows.keys() == {"torch_sdpa", "torch_hand", "jax"} and rows["torch_sdpa"]["ratio_to_torch_sdpa"] == 1
+    assert json.loads((tmp_path / "gpt.json").read_text())["training"] == out["training"]
