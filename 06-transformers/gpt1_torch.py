@@ -24,7 +24,7 @@ Generative Pre-Training", OpenAI, https://cdn.openai.com/research-covers/languag
 D. Hendrycks, K. Gimpel (2016), "Gaussian Error Linear Units", https://arxiv.org/abs/1606.08415
 Arc: Translation, attention and transformers -- GPT-1.
 
-Run:  python 06-transformers/gpt1_torch.py                     (about 14 minutes on two CPU cores)
+Run:  python 06-transformers/gpt1_torch.py                     (about 7 minutes on two CPU cores)
       python 06-transformers/gpt1_torch.py --sample --prompt "ROMEO:"      (from the run's checkpoint)
       hf download openai-community/openai-gpt config.json model.safetensors vocab.json merges.txt --local-dir gpt1
       python 06-transformers/gpt1_torch.py --init-from gpt1 --block-size 128     (fine-tune the released GPT-1)

@@ -22,6 +22,7 @@ from conftest import ROOT
 
 transformers = pytest.importorskip("transformers")  # a dev dependency: always installed in CI
 from safetensors.torch import load_file, save_file  # noqa: E402
+from tiny_tokenizer import byte_level_tokenizer  # noqa: E402
 
 SCRIPT = "06-transformers/gpt2_torch.py"
 
@@ -165,21 +166,6 @@ def test_from_hf_refuses_what_is_not_a_gpt2(g2, tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(g2.DataError, match="not a GPT-2"):
         g2.GPT.from_hf(tmp_path)
-
-
-def byte_level_tokenizer(vocab_size):
-    """A tiny GPT-2-style byte-level BPE tokenizer.json, trained offline with the `tokenizers` package."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator(["To be, or not to be, that is the question."] * 50, trainer)
-    assert tok.get_vocab_size() == vocab_size
-    return tok
 
 
 def test_init_from_samples_and_fine_tunes(g2, tmp_path):

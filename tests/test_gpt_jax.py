@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from gradcheck import rel_error
+from tiny_tokenizer import byte_level_tokenizer
 
 transformers = pytest.importorskip("transformers")  # a dev dependency: always installed in CI
 
@@ -367,20 +368,6 @@ def test_smoke_run(gj, g2, tmp_path):
     want = model(torch.from_numpy(idx))[0]
     config = gj.GPTConfig(**m["config"])
     assert rel_error(forward(gj, gj.from_state_dict(sd, config), jnp.asarray(idx), config), want) <= 1e-5
-
-
-def byte_level_tokenizer(vocab_size):
-    """A tiny GPT-2-style byte-level BPE tokenizer.json, trained offline with the `tokenizers` package."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator(["To be, or not to be, that is the question."] * 50, trainer)
-    return tok
 
 
 def test_init_from_fine_tunes_a_hugging_face_folder(gj, tmp_path):
