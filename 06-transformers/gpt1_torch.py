@@ -14,9 +14,10 @@ puts a linear classifier on the last hidden state of an extract token and keeps 
 
 Here (minimising the negative log-likelihoods, as means): stage 1 is character-level Tiny Shakespeare, its
 first 90% for training and its last 10% for validation. Stage 2 asks which of the --n-speakers speakers with
-most speeches in that last 10% says a speech. Every second of their speeches there is a test speech, so the
-language model never trains on one; all their other speeches are the labelled training set. The fine-tuned
-model is compared with the same model trained on the task alone (same steps) and with the majority class.
+most speeches says a speech (GLOUCESTER or DUKE VINCENTIO by default). Every second speech of each is a test
+speech, cut out of stage 1's text so that the language model never reads one; the others are the labelled
+training set. The fine-tuned model is compared with the same model trained on the task alone (same steps)
+and with the majority class.
 <s> and <e> are two new tokens with random embeddings.
 
 Reading: A. Radford, K. Narasimhan, T. Salimans, I. Sutskever (2018), "Improving Language Understanding by
@@ -310,30 +311,41 @@ def get_batch(d, block_size, batch_size, rng):
 
 
 def speeches(text):
-    """(speaker, speech, offset of the speech) of every block 'NAME:' + lines between blank lines, but empty ones."""
+    """(speaker, speech, start, end) of every block 'NAME:' + lines between blank lines, but empty ones; text[start:end]
+    is the block with its name and the blank line after it."""
     out, at = [], 0
     for block in text.split("\n\n"):
         head, _, body = block.partition("\n")
         if head.endswith(":") and body.strip():
-            out.append((head[:-1], body, at + len(head) + 1))
+            out.append((head[:-1], body, at, at + len(block) + 2))
         at += len(block) + 2
     return out
 
 
-def speaker_task(text, n_speakers, split_at):
-    """Stage 2's labelled data: which of the n_speakers who speak most often in text[split_at:] says a speech.
-    -> the classes and {"train", "test"} lists of (speech, label). Every second speech of each class after
-    split_at is a test speech (stage 1 validates on that text and never trains on it); all their others train."""
+def speaker_task(text, n_speakers):
+    """Stage 2's labelled data: which of the n_speakers who speak most often says a speech. Every second speech of
+    each is a test speech, the others train. -> the classes, {"train", "test"} lists of (speech, label), and the
+    (start, end) spans of the test speeches, which stage 1 must never read."""
     rows = speeches(text)
-    held = Counter(who for who, _, at in rows if at >= split_at)
-    classes = [who for who, _ in held.most_common(n_speakers)]  # ties: the first seen
-    seen, split = Counter(), {"train": [], "test": []}
-    for who, said, at in rows:
+    classes = [who for who, _ in Counter(who for who, *_ in rows).most_common(n_speakers)]  # ties: the first seen
+    seen, split, cut = Counter(), {"train": [], "test": []}, []
+    for who, said, start, end in rows:
         if who in classes:
-            seen[who] += at >= split_at
-            test = at >= split_at and seen[who] % 2 == 0
+            seen[who] += 1
+            test = seen[who] % 2 == 0
             split["test" if test else "train"].append((said, classes.index(who)))
-    return classes, split
+            if test:
+                cut.append((start, end))
+    return classes, split, cut
+
+
+def without(text, spans):
+    """text with the characters of the (start, end) spans taken out (spans in order, not overlapping)."""
+    keep, at = [], 0
+    for start, end in spans:
+        keep.append(text[at:start])
+        at = max(at, end)
+    return "".join(keep) + text[at:]
 
 
 def task_tensors(examples, tok, start, extract, block_size):
@@ -497,7 +509,7 @@ def plot(pre, fine, scratch, accs, path):
 # %%
 # Flags a resumed run may change: how long stage 1 runs, where, how it samples, and stage 2's training.
 RESUME_MAY_CHANGE = {"max_iters", "eval_interval", "resume", "device", "data_dir", "out_dir", "sdpa", "sample",
-                     "prompt", "sample_len", "temperature", "top_k", "n_speakers", "lm_coef", "ft_lr",
+                     "prompt", "sample_len", "temperature", "top_k", "lm_coef", "ft_lr",
                      "ft_batch_size", "epochs"}
 DOWNLOAD = "hf download openai-community/openai-gpt config.json model.safetensors vocab.json merges.txt --local-dir DIR"
 
@@ -522,7 +534,7 @@ def main(argv=None) -> dict:
     p.add_argument("--grad-clip", type=nonneg_float, default=1.0, help="max global gradient norm, 0: off (default 1)")
     p.add_argument("--eval-interval", type=positive_int, default=None, help="steps between evaluations (default 250)")
     p.add_argument("--eval-iters", type=positive_int, default=None, help="batches per estimate (default 20; 4 --smoke)")
-    p.add_argument("--n-speakers", type=positive_int, default=5, help="classes of stage 2's task (default 5)")
+    p.add_argument("--n-speakers", type=positive_int, default=2, help="classes of stage 2's task (default 2)")
     p.add_argument("--lm-coef", type=nonneg_float, default=0.5, help="lambda of L3 = L2 + lambda L1 (default 0.5)")
     p.add_argument("--ft-lr", type=positive_float, default=None, help="stage 2 learning rate (default 3e-4)")
     p.add_argument("--ft-batch-size", type=positive_int, default=32, help="stage 2 speeches per step (default 32)")
@@ -604,7 +616,7 @@ def main(argv=None) -> dict:
     except DataError as exc:
         sys.exit(f"error: {exc}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    split_at = int(0.9 * len(text))  # the first 90% trains the language model, the last 10% validates it
+    split_at = int(0.9 * len(text))  # the first 90% (less the test speeches) trains the model, the rest validates it
     torch.manual_seed(args.seed)
     if args.init_from is not None or ckpt is not None:
         model, tok = load_model()
@@ -613,8 +625,8 @@ def main(argv=None) -> dict:
         model = GPT(GPTConfig(args.block_size or (32 if args.smoke else 128), len(tok), args.n_layer, args.n_head,
                               args.n_embd, args.dropout, sdpa=args.sdpa)).to(device)
     config, T = model.config, model.config.block_size
-    classes, split = speaker_task(text, args.n_speakers, split_at)  # its test speeches lie in text[split_at:]
-    data = {"train": tok.encode(text[:split_at]), "val": tok.encode(text[split_at:])}
+    classes, split, cut = speaker_task(text, args.n_speakers)
+    data = {"train": tok.encode(without(text[:split_at], cut)), "val": tok.encode(text[split_at:])}  # no test speech
     data = {k: torch.tensor(v, device=device) for k, v in data.items()}
     n_params = sum(q.numel() for q in model.parameters())
     print(f"GPT-1{' (released weights)' if args.init_from else ''}: {config.n_layer} post-LN blocks, d_model "
@@ -705,7 +717,8 @@ def main(argv=None) -> dict:
                "finetune_train_acc": results["finetune"]["train_acc"],
                "scratch_train_acc": results["scratch"]["train_acc"],
                "params": n_params, "params_gpt1": params_gpt1, "classes": classes, "n_task_train": len(split["train"]),
-               "n_task_test": len(split["test"]), "init_from": args.init_from, "sample": text_sample,
+               "n_task_test": len(split["test"]), "train_tokens": len(data["train"]), "init_from": args.init_from,
+               "sample": text_sample,
                "model_config": asdict(config), "device": str(device), "config": vars(args),
                "history": {"pretrain": hist, "finetune": results["finetune"]["hist"],
                            "scratch": results["scratch"]["hist"]}}

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 import transformers
 from gradcheck import rel_error
 
+from data import tinyshakespeare
+
 # A tiny GPT-1 BPE vocabulary: each symbol alone and word-final, a few merges, <unk>.
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789,.:;!?'-_"
 MERGES = [("t", "h"), ("th", "e</w>"), ("o", "u</w>"), ("a", "n"), ("an", "d</w>"), ("i", "n"), ("e", "r</w>"),
@@ -231,32 +233,34 @@ def test_schedule(g1):
 
 
 def test_speaker_task_on_a_small_play(g1):
-    """The classes are the speakers with most speeches after split_at; every other of their speeches there is
-    a test example, all their others train; empty speeches and other speakers are left out."""
+    """The classes are the speakers with most speeches; every second speech of each is a test example, the others
+    train; empty speeches and other speakers are left out; taking out the cut spans removes just the test blocks."""
     text = "A:\na1\n\nB:\nb1\n\nC:\nc1\n\nA:\na2\n\nB:\n\nB:\nb2\n\nA:\na3\n\nC:\nc2\n\nB:\nb3\n\nA:\na4\n\nB:\nb4"
-    classes, split = g1.speaker_task(text, 2, text.index("a2"))
-    assert classes == ["A", "B"]  # after split_at: A 3, B 3, C 1; ties in order of first appearance
-    assert split["test"] == [("a3", 0), ("b3", 1)]
-    assert sorted(split["train"]) == [("a1", 0), ("a2", 0), ("a4", 0), ("b1", 1), ("b2", 1), ("b4", 1)]
+    classes, split, cut = g1.speaker_task(text, 2)
+    assert classes == ["A", "B"]  # A 4, B 4 (and one empty), C 2; ties in order of first appearance
+    assert split["test"] == [("a2", 0), ("b2", 1), ("a4", 0), ("b4", 1)]
+    assert split["train"] == [("a1", 0), ("b1", 1), ("a3", 0), ("b3", 1)]
+    assert [text[s:e] for s, e in cut] == ["A:\na2\n\n", "B:\nb2\n\n", "A:\na4\n\n", "B:\nb4"]
+    assert g1.without(text, cut) == "A:\na1\n\nB:\nb1\n\nC:\nc1\n\nB:\n\nA:\na3\n\nC:\nc2\n\nB:\nb3\n\n"
+    assert g1.without(text[:25], cut) == text[:21]  # a prefix that ends inside a span
 
 
 def test_speaker_task_on_tiny_shakespeare(g1):
-    """On the real text: five classes led by PETRUCHIO, each in train and test, no empty speech, every test speech
-    in the last 10%, half of the classes' speeches there in test, the same split on every call."""
-    from data import tinyshakespeare
-
+    """On the real text: five classes led by GLOUCESTER, each in train and test, no empty speech, half of each
+    class's speeches in test, the cut spans exactly the test speeches' blocks, the same split on every call."""
     text = tinyshakespeare()
-    split_at = int(0.9 * len(text))
-    classes, split = g1.speaker_task(text, 5, split_at)
-    assert classes[0] == "PETRUCHIO" and len(classes) == 5
+    classes, split, cut = g1.speaker_task(text, 5)
+    assert classes[0] == "GLOUCESTER" and len(classes) == 5
     for name, examples in split.items():
         assert {lab for _, lab in examples} == set(range(5)), name
         assert all(said.strip() and not said.startswith("\n") for said, _ in examples)
-    held_out = text[split_at:]
-    assert all(said in held_out for said, _ in split["test"])
-    held = Counter(who for who, _, at in g1.speeches(text) if who in classes and at >= split_at)
-    assert len(split["test"]) == sum(n // 2 for n in held.values()) and len(split["train"]) + len(split["test"]) > 400
-    assert g1.speaker_task(text, 5, split_at) == (classes, split)
+    counts = Counter(who for who, *_ in g1.speeches(text) if who in classes)
+    assert len(split["test"]) == sum(n // 2 for n in counts.values()) and len(split["train"]) > 400
+    blocks = [text[s:e].removesuffix("\n\n").partition("\n") for s, e in cut]
+    assert [body for _, _, body in blocks] == [said for said, _ in split["test"]]
+    assert [classes.index(head[:-1]) for head, _, _ in blocks] == [lab for _, lab in split["test"]]
+    assert len(g1.without(text, cut)) == len(text) - sum(e - s for s, e in cut)
+    assert g1.speaker_task(text, 5) == (classes, split, cut)
 
 
 def test_task_tensors_frame_start_text_extract(g1):
@@ -308,15 +312,18 @@ def smoke(g1, tmp_path_factory):
 
 
 def test_smoke_run(g1, smoke):
-    """Stage 1 lowers the losses; stage 2 runs twice; accuracies in [0, 1]; the files are written."""
+    """Stage 1 lowers the losses on text without the test speeches; stage 2 runs twice; accuracies in [0, 1]; the
+    files are written."""
     out, m = smoke
     pre = m["history"]["pretrain"]
     assert pre["iter"] == [30, 60] and pre["val_loss"][-1] < pre["val_loss"][0] < math.log(65) + 0.5
     assert pre["train_loss"][-1] < pre["train_loss"][0] and m["val_loss"] == pytest.approx(pre["val_loss"][-1])
     for k in ("finetune_test_acc", "scratch_test_acc", "majority_acc"):
         assert 0 <= m[k] <= 1
-    assert m["majority_acc"] == pytest.approx(67 / 194) and m["classes"][0] == "PETRUCHIO"
-    assert m["n_task_test"] == 194 and m["params_gpt1"] == 116_534_784
+    assert m["majority_acc"] == pytest.approx(105 / 199) and m["classes"] == ["GLOUCESTER", "DUKE VINCENTIO"]
+    assert m["n_task_test"] == 199 and m["params_gpt1"] == 116_534_784
+    text = tinyshakespeare()  # stage 1 reads the first 90% without the test speeches
+    assert m["train_tokens"] == len(g1.without(text[: int(0.9 * len(text))], g1.speaker_task(text, 2)[2]))
     scratch = m["history"]["scratch"]["lm_loss"]
     assert np.mean(scratch[-3:]) < np.mean(scratch[:3])  # L1 is minimised during stage 2 as well
     assert {"metrics.json", "checkpoint.pt", "gpt1.png"} <= {p.name for p in out.iterdir()}
