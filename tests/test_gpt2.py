@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 
+import decoder_checks
 import pytest
 import torch
 from conftest import ROOT
@@ -48,13 +49,7 @@ def tiny(g2, **kw):
 
 
 def redraw(model, std=0.2, seed=0):
-    """Every parameter redrawn from N(0, std^2), LayerNorm gains around 1: no layer is near an identity."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * std
-            p.copy_(1 + noise if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else noise)
-    return model
+    return decoder_checks.redraw(model, ("ln_1.weight", "ln_2.weight", "ln_f.weight"), std, seed)
 
 
 # %% parameter counts
@@ -238,51 +233,28 @@ def test_cached_logits_equal_recomputation_at_every_step(g2, sdpa):
     idx = torch.randint(0, 37, (2, 16))
     with torch.no_grad():
         full, _ = model(idx)
-        cache = [{} for _ in model.h]
-        steps = [model(idx[:, :4], cache=cache)[0]]  # a prompt of 4, then one token at a time
-        steps += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(4, 16)]
-    assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-12
+    cache = [{} for _ in model.h]
+    steps = decoder_checks.cached_steps(model, idx, cache, [4])  # a prompt of 4, then one token at a time
+    assert (steps - full).abs().max().item() < 1e-12
     assert cache[0]["k"].shape == (2, 3, 16, 4)
 
 
 def test_generation_with_and_without_cache_is_the_same_past_block_size(g2):
-    """Greedy: the same tokens with and without the cache, also once the window slides past block_size."""
     torch.manual_seed(1)
-    model = redraw(g2.GPT(tiny(g2))).double().eval()
-    idx = torch.randint(0, 37, (2, 3))
-    a = model.generate(idx, 30, temperature=0, use_cache=True)
-    b = model.generate(idx, 30, temperature=0, use_cache=False)
-    assert a.shape == (2, 33) and torch.equal(a, b)
-    # and each greedy token is the argmax of a full recomputation on the last block_size tokens
-    with torch.no_grad():
-        for t in range(3, 33):
-            assert a[0, t] == model(a[:1, max(0, t - 16) : t])[0][0, -1].argmax()
+    decoder_checks.assert_generation_is_recomputation(redraw(g2.GPT(tiny(g2))).double().eval(), 37, 16)
 
 
 def test_sdpa_equals_hand_written_attention(g2):
     torch.manual_seed(2)
-    hand = redraw(g2.GPT(tiny(g2))).double()
-    fast = g2.GPT(tiny(g2), sdpa=True).double()
-    fast.load_state_dict(hand.state_dict())
-    idx = torch.randint(0, 37, (3, 16))
-    la, lb = hand(idx, idx)[1], fast(idx, idx)[1]
-    la.backward(), lb.backward()
-    assert abs(la.item() - lb.item()) < 1e-12
-    for (name, p), q in zip(hand.named_parameters(), fast.parameters()):
-        assert (p.grad - q.grad).abs().max().item() < 1e-10, name
+    decoder_checks.assert_sdpa_is_hand_written(
+        redraw(g2.GPT(tiny(g2))).double(), g2.GPT(tiny(g2), sdpa=True).double(), 37
+    )
 
 
 @pytest.mark.parametrize("sdpa", [False, True])
 def test_causal_later_tokens_change_nothing_before_them(g2, sdpa):
     torch.manual_seed(3)
-    model = redraw(g2.GPT(tiny(g2), sdpa=sdpa)).double().eval()
-    idx = torch.randint(0, 37, (1, 16))
-    other = idx.clone()
-    other[0, 9:] = (other[0, 9:] + 1) % 37
-    with torch.no_grad():
-        a, b = model(idx)[0], model(other)[0]
-    assert torch.equal(a[0, :9], b[0, :9])
-    assert (a[0, 9:] - b[0, 9:]).abs().max() > 1e-3
+    decoder_checks.assert_causal(redraw(g2.GPT(tiny(g2), sdpa=sdpa)).double().eval(), 37)
 
 
 def test_too_long_input_is_refused(g2):
