@@ -591,6 +591,11 @@ def main(argv=None):
     for n, r, o in zip(mem["n_layer"], mem["reversible"], mem["ordinary"]):
         print(f"N = {n:2d}: saved for backward {r / 2**20:7.2f} MiB reversible, {o / 2**20:7.2f} MiB ordinary")
     metrics["minutes"] = (time.perf_counter() - t_start) / 60
+    tasks_keys = (("shakespeare", "val_loss"), ("duplication", "val_acc"))
+    keys = [f"{t}_{m}_{k}" for t, k in tasks_keys for m in ("reformer", "full")]
+    headline = {k: metrics[k] for k in keys if k in metrics}  # RESULTS.md's row: these first, then the memory
+    headline.update(reversible_mib=mem["reversible"][-1] / 2**20, ordinary_mib=mem["ordinary"][-1] / 2**20)
+    metrics = {**headline, **metrics}
     save_metrics(out, metrics, __file__, argv)
     return metrics
 

@@ -253,6 +253,8 @@ def test_smoke_run(smoke):
     assert mem["ordinary"] == sorted(mem["ordinary"]) and mem["ordinary"][-1] > 5 * mem["ordinary"][0]
     assert {"metrics.json", "duplication.png", "shakespeare.png", "memory.png"} <= {p.name for p in out.iterdir()}
     assert json.loads((out / "metrics.json").read_text())["memory"] == mem
+    assert list(m)[:2] == ["shakespeare_reformer_val_loss", "shakespeare_full_val_loss"]  # RESULTS.md's row
+    assert m["reversible_mib"] == mem["reversible"][-1] / 2**20 and m["ordinary_mib"] == mem["ordinary"][-1] / 2**20
 
 
 def test_missing_data_is_one_line(rf, missing_data_error):
