@@ -27,7 +27,7 @@ Transformers", https://arxiv.org/abs/2005.00928; H. Touvron et al. (2021), "Trai
 transformers" (DeiT: AdamW, warm-up + cosine, strong augmentation), https://arxiv.org/abs/2012.12877
 Arc: Beyond text -- the Vision Transformer (ViT).
 
-Run:  python 06-transformers/vit_torch.py                  (the small ViT on Fashion-MNIST, 16 epochs)
+Run:  python 06-transformers/vit_torch.py                  (the small ViT on Fashion-MNIST: about 15 minutes on 2 cores)
       python 06-transformers/vit_torch.py --smoke          (seconds)
       python 06-transformers/vit_torch.py --init-from DIR  (fine-tune a Hugging Face ViTForImageClassification folder;
                                                             images are resized to its size, grey repeated over RGB)
