@@ -18,6 +18,10 @@ Two tasks, each trained twice on the same batches from the same initialisation: 
 its full-attention twin (the same model, shared-QK attention over all earlier positions, the same self rule):
     duplication   the paper's synthetic task: 0 w 0 w, w random symbols; loss and accuracy on the second w
     shakespeare   a character language model on Tiny Shakespeare (90% train, 10% validation)
+The default length is 128 (batches of 16, 600 steps, lr 3e-3): there both models learn the copy, abruptly, after
+300-400 steps. Longer copies need far more steps than two CPU cores give: at 256 (600 steps of 8) and at 512 (300
+steps of 4) neither model left chance (1/16). The long-sequence costs are measured by benchmarks/long_attention.py
+(T up to 16,384) and by the memory figure below.
 and a memory measurement: bytes of the tensors autograd saves for backward (saved_tensors_hooks) while training
 a reversible and an ordinary model of N = 2, 4, 8, 12 layers. Caveat, kept as in the paper: with several buckets
 the sorted order, hence which earlier keys share a query's chunk, depends on the hashes of later tokens.
@@ -490,19 +494,20 @@ def pick_device(name):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", choices=["duplication", "shakespeare", "both"], default="both")
-    p.add_argument("--max-iters", type=positive_int, default=None, help="steps of each training (default 300)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="sequences per step (default 4)")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate")
+    p.add_argument("--max-iters", type=positive_int, default=None, help="steps of each training (default 600)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="sequences per step (default 16; 4 --smoke)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate (default 3e-3)")
     p.add_argument("--warmup-iters", type=nonneg_int, default=None, help="warm-up steps (default 50)")
     p.add_argument("--weight-decay", type=nonneg_float, default=0.01, help="AdamW's decoupled decay, matrices only")
     p.add_argument("--grad-clip", type=nonneg_float, default=1.0, help="max global gradient norm (0: off)")
     p.add_argument("--n-layer", type=positive_int, default=None, help="reversible blocks (default 2)")
     p.add_argument("--n-head", type=positive_int, default=None, help="attention heads (default 2)")
     p.add_argument("--n-embd", type=positive_int, default=None, help="model width (default 64)")
-    p.add_argument("--seq-len", type=positive_int, default=None, help="training sequence length (default 512)")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="training sequence length (default 128; the "
+                   "docstring says what longer copies need)")
     p.add_argument("--symbols", type=positive_int, default=16, help="duplication: alphabet size of w")
     p.add_argument("--dropout", type=probability, default=0.0)
-    p.add_argument("--chunk-len", type=positive_int, default=None, help="LSH and feed-forward chunk (default 64)")
+    p.add_argument("--chunk-len", type=positive_int, default=None, help="LSH and feed-forward chunk (default 32)")
     p.add_argument("--n-buckets", type=positive_int, default=None,
                    help="LSH buckets, even (default 2 * seq-len / chunk-len, the paper's rule)")
     p.add_argument("--n-hashes", type=positive_int, default=2, help="LSH rounds")
@@ -518,9 +523,9 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="a tiny model, short sequences, a few steps")
     args = p.parse_args(argv)
     small = args.smoke
-    defaults = {"max_iters": 30 if small else 300, "batch_size": 4, "n_layer": 2,
+    defaults = {"max_iters": 30 if small else 600, "batch_size": 4 if small else 16, "n_layer": 2,
                 "warmup_iters": 5 if small else 50, "n_head": 2, "n_embd": 32 if small else 64,
-                "seq_len": 64 if small else 512, "chunk_len": 16 if small else 64,
+                "seq_len": 64 if small else 128, "chunk_len": 16 if small else 32,
                 "eval_interval": 15 if small else 50, "eval_iters": 2 if small else 8}  # fmt: skip
     for name, value in defaults.items():
         if getattr(args, name) is None:

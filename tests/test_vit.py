@@ -227,10 +227,11 @@ def test_position_similarity_grid(vt):
 
 def test_augment_keeps_shapes_and_labels(vt):
     """Each output image is its own input shifted by at most 2 pixels (zeros coming in), mirrored or not: the batch
-    keeps its order, so its labels still apply; about half are mirrored; the same generator seed repeats."""
+    keeps its order, so its labels still apply; about half are mirrored; the same generator seed repeats; with
+    pad 0 an image is only mirrored or not."""
     x = torch.rand(64, 1, 28, 28) + 0.5  # no zeros inside the images, every image different
-    out = vt.augment(x, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape and torch.equal(out, vt.augment(x, torch.Generator().manual_seed(0)))
+    out = vt.augment(x, torch.Generator().manual_seed(0), 2)
+    assert out.shape == x.shape and torch.equal(out, vt.augment(x, torch.Generator().manual_seed(0), 2))
     flipped = 0
     padded = F.pad(x, (2, 2, 2, 2))
     for b in range(64):
@@ -244,6 +245,8 @@ def test_augment_keeps_shapes_and_labels(vt):
         assert len(matches) == 1, b  # exactly one shift and flip of image b itself
         flipped += matches[0][0]
     assert 16 < flipped < 48
+    for a, b in zip(vt.augment(x, torch.Generator().manual_seed(1), 0), x):  # pad 0 (the default run): flips only
+        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
 
 
 def test_prepare(vt):
