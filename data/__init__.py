@@ -10,6 +10,7 @@ then a checksummed download).
     from data import ptb_word2vec, noise_distribution, skipgram_batches   # word2vec's dataset (d2l 15.3)
     from data import fra_eng, tokenize_nmt, split_by_source, nmt_vocab, nmt_arrays  # translation (d2l 10.5)
     from data import shared_bpe, bpe_text, id_arrays                   # translation in shared BPE tokens
+    from data import detection_scenes, extreme_points                  # synthetic detection scenes (issue 20)
     from data import BPETokenizer                                          # byte-level BPE (d2l 15.6)
     from data import positive_int, positive_float, probability, save_metrics  # the command-line contract
 """
@@ -17,6 +18,7 @@ then a checksummed download).
 from .batches import kfold_splits, minibatches
 from .bpe import BPETokenizer
 from .cli import nonneg_float, nonneg_int, positive_float, positive_int, probability, save_metrics
+from .detection import detection_scenes, extreme_points
 from .embeddings import (
     centers_and_contexts,
     draw_negatives,
@@ -69,7 +71,9 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "Vocab",
     "centers_and_contexts",
+    "detection_scenes",
     "draw_negatives",
+    "extreme_points",
     "fashion_mnist",
     "keep_probabilities",
     "kfold_splits",

@@ -35,7 +35,7 @@ TYPES = {
     f.__name__: f for f in (cli.positive_int, cli.nonneg_int, cli.positive_float, cli.nonneg_float, cli.probability)
 }
 # Loaders whose use makes --data-dir a required flag.
-LOADERS = re.compile(r"\b(fashion_mnist|timemachine|tinyshakespeare|ptb|ptb_word2vec|ptb_sentences)\(")
+LOADERS = re.compile(r"\b(fashion_mnist|timemachine|tinyshakespeare|ptb|ptb_word2vec|ptb_sentences|detection_scenes)\(")
 SILENT_DEFAULT = re.compile(r"args\.(\w+)\s*=\s*args\.\1\s+or\b")
 # Names retired for the one name of their concept (CONTRIBUTING.md, "Flags").
 RETIRED = {
