@@ -25,7 +25,7 @@ Reading: J. Redmon, S. Divvala, R. Girshick, A. Farhadi (2016), "You Only Look O
 Detection", CVPR 2016, https://arxiv.org/abs/1506.02640 (section 2: the model, equation (3); Figure 3).
 Arc: Object detection -- YOLO v1.
 
-Run:  python 04-cnns/yolo_v1_torch.py          (about 20 minutes on two CPU cores)
+Run:  python 04-cnns/yolo_v1_torch.py          (7 to 18 minutes on two CPU cores, as busy as they are)
       python 04-cnns/yolo_v1_torch.py --smoke  (seconds: a small run on a few hundred scenes)
       python 04-cnns/yolo_v1_torch.py --epochs 60 --device cuda
 Look first at `yolo_loss`: each term of equation (3) is one line; then `build_targets` and `decode`.
@@ -579,14 +579,14 @@ def main(argv=None) -> dict:
                 f"{test_map50:.3f}, COCO mAP {test_coco:.3f}")  # fmt: skip
     with torch.device("meta"):
         paper_params = sum(w.numel() for w in yolov1().parameters())
-    metrics = {"script": Path(__file__).stem, "test_map50": test_map50, "test_coco_map": test_coco,
-               "test_ap50_per_class": dict(zip(FASHION_MNIST_CLASSES, aps.tolist())),
-               "val_map50": hist["val_map50"][-1], "val_coco_map": hist["val_coco"][-1],
-               "init_val_map50": hist["init_val_map50"], "first_loss": hist["loss"][0],
-               "final_train_loss": hist["loss"][-1], "params": n_params, "paper_params": paper_params,
-               "inference_images_per_s": images_per_s, "train_minutes": train_s / 60,
-               "sec_per_epoch": float(np.median(hist["epoch_s"])),
+    metrics = {"script": Path(__file__).stem, "test_map50": test_map50, "test_coco_map": test_coco,  # headline first
+               "val_map50": hist["val_map50"][-1], "inference_images_per_s": images_per_s,
+               "train_minutes": train_s / 60, "params": n_params, "init_val_map50": hist["init_val_map50"],
                "dropped_object_fraction": hist["dropped_objects"] / max(1, hist["train_objects"]),
+               "test_ap50_per_class": dict(zip(FASHION_MNIST_CLASSES, aps.tolist())),
+               "val_coco_map": hist["val_coco"][-1], "first_loss": hist["loss"][0],
+               "final_train_loss": hist["loss"][-1], "paper_params": paper_params,
+               "sec_per_epoch": float(np.median(hist["epoch_s"])),
                "device": str(device), "threads": torch.get_num_threads(), "config": vars(args),
                "history": hist}  # fmt: skip
     save_metrics(out_dir, metrics, __file__, argv)
