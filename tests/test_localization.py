@@ -117,6 +117,29 @@ def test_iou_against_pixel_count(loc):
     assert 0.05 < np.mean(np.array(ref) > 0) < 0.95  # the random pairs overlap sometimes, not always
 
 
+def test_evaluate_on_hand_made_outputs(loc):
+    """evaluate()'s figures on outputs built from the targets: exact boxes (IoU 1), one class right of two, every
+    landmark moved by (3, 4) pixels (error 5 px), objectness right on all three scenes."""
+    _, t = hand_batch()
+    t = {k: v.float() if v.is_floating_point() else v for k, v in t.items()}
+    t["lm"][[0, 2]] = t["lm"][[0, 2]].clamp(0.1, 0.8)  # room for the shift inside (0, 1)
+    logit = lambda p: torch.log(p / (1 - p))  # noqa: E731, the inverse of split_output's sigmoid
+    out = torch.zeros(3, 23)
+    out[:, 0] = torch.tensor([10.0, -10.0, 10.0])  # p_c: object, none, object
+    out[[0, 2], 1:5] = logit(t["box"][[0, 2]])
+    out[0, 5 + 3], out[2, 5 + 1] = 5.0, 5.0  # class 3 (right), class 1 where the truth is 7 (wrong)
+    out[[0, 2], 15:23] = logit(t["lm"][[0, 2]] + torch.tensor([3.0, 4.0]).repeat(4) / loc.SIZE)
+
+    class Fixed(torch.nn.Module):  # returns the outputs above, row i for the input holding i
+        def forward(self, x):
+            return out[x.flatten(1)[:, 0].long()]
+
+    m, _ = loc.evaluate(Fixed(), torch.arange(3.0)[:, None, None, None], t, 5.0, 5.0)
+    assert m["mean_iou"] == pytest.approx(1, abs=1e-5) and m["iou_above_0.5"] == 1
+    assert m["class_acc"] == 0.5 and m["objectness_acc"] == 1
+    assert m["landmark_px"] == pytest.approx(5, abs=1e-3)
+
+
 def test_shapes(loc):
     """(B, 1, 96, 96) -> (B, 23); the split outputs have their shapes, box and landmarks in (0, 1)."""
     torch.manual_seed(0)
