@@ -25,7 +25,7 @@ Reading: J. Redmon, S. Divvala, R. Girshick, A. Farhadi (2016), "You Only Look O
 Detection", CVPR 2016, https://arxiv.org/abs/1506.02640 (section 2: the model, equation (3); Figure 3).
 Arc: Object detection -- YOLO v1.
 
-Run:  python 04-cnns/yolo_v1_torch.py          (7 to 18 minutes on two CPU cores, as busy as they are)
+Run:  python 04-cnns/yolo_v1_torch.py          (6 to 18 minutes on two CPU cores, as busy as they are)
       python 04-cnns/yolo_v1_torch.py --smoke  (seconds: a small run on a few hundred scenes)
       python 04-cnns/yolo_v1_torch.py --epochs 60 --device cuda
 Look first at `yolo_loss`: each term of equation (3) is one line; then `build_targets` and `decode`.
