@@ -27,6 +27,7 @@ Arc: Object detection -- YOLO v1.
 
 Run:  python 04-cnns/yolo_v1_torch.py          (6 to 18 minutes on two CPU cores, as busy as they are)
       python 04-cnns/yolo_v1_torch.py --smoke  (seconds: a small run on a few hundred scenes)
+      python 04-cnns/yolo_v1_torch.py --min-objects 3 --max-objects 8 --scale 0.35 1.2  (YOLO v3/v4's scenes)
       python 04-cnns/yolo_v1_torch.py --epochs 60 --device cuda
 Look first at `yolo_loss`: each term of equation (3) is one line; then `build_targets` and `decode`.
 """
@@ -278,25 +279,38 @@ def average_precision(recall, precision, points=None):
     return float(np.mean(np.where(at < len(recall), p[1:-1][np.minimum(at, len(recall) - 1)], 0.0)))
 
 
-def mean_ap(dets, truths, C, iou_threshold=0.5, points=None):
+def area(b):
+    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
+def mean_ap(dets, truths, C, iou_threshold=0.5, points=None, max_area=None):
     """dets: per image (boxes, scores, labels); truths: per image (boxes, labels). Per image and class, detections
     by descending score each take the unmatched truth with the highest IoU, a true positive if that IoU >=
     iou_threshold (each truth matched once); then per class, all images' detections by descending score give
     precision and recall, and AP. Returns the mean over classes that have a truth, and the per-class APs (nan
-    where a class has none)."""
+    where a class has none). max_area: COCO's area range (small objects: area < max_area). A truth outside it
+    is ignored: it is not counted, and the detection it matches (only one with no counted truth left) is
+    dropped; so is an unmatched detection outside the range."""
     aps = np.full(C, np.nan)
     for c in range(C):
         scores, tps, n_gt = [], [], 0
         for (bx, sc, lb), (tb, tl) in zip(dets, truths):
             d, g = np.argsort(-sc[lb == c], kind="stable"), tb[tl == c]
+            big = area(g) >= max_area if max_area else np.zeros(len(g), bool)  # ignored truths
             iou = box_iou(bx[lb == c][d], g)  # (D, G), best detection first
-            used, tp = np.zeros(len(g), bool), np.zeros(len(d))
-            for k in range(len(d) if len(g) else 0):
-                j = np.where(used, -1.0, iou[k]).argmax()
-                if iou[k, j] >= iou_threshold and not used[j]:
-                    tp[k], used[j] = 1, True
-            scores.append(sc[lb == c][d]), tps.append(tp)
-            n_gt += len(g)
+            used, tp, keep = np.zeros(len(g), bool), np.zeros(len(d)), np.ones(len(d), bool)
+            det_big = area(bx[lb == c][d]) >= max_area if max_area else np.zeros(len(d), bool)
+            for k in range(len(d)):
+                counted = np.where(~used & ~big, iou[k], -1.0)  # counted truths first, then ignored ones
+                ignored = np.where(~used & big, iou[k], -1.0)
+                if len(g) and counted.max() >= iou_threshold:
+                    tp[k], used[counted.argmax()] = 1, True
+                elif len(g) and ignored.max() >= iou_threshold:
+                    keep[k], used[ignored.argmax()] = False, True
+                elif det_big[k]:  # unmatched, outside the range: not a false positive either
+                    keep[k] = False
+            scores.append(sc[lb == c][d][keep]), tps.append(tp[keep])
+            n_gt += int((~big).sum())
         if n_gt == 0:
             continue
         order = np.argsort(-np.concatenate(scores), kind="stable")
@@ -315,13 +329,15 @@ def coco_map(dets, truths, C):
 
 
 # %%
-IMAGE_SIZE, MAX_OBJECTS = 96, 4  # canvases of data.detection_scenes; S = 6 cells of 16 pixels
+IMAGE_SIZE = 96  # canvases of data.detection_scenes; S = 6 cells of 16 pixels
 EVAL_THRESHOLD = 0.005  # mAP ranks all detections: this only trims the list (the paper's figure-level is 0.2)
+SMALL_AREA = 16**2  # "small" objects: a tight box under 256 px^2, one cell's area (the YOLO v3/v4 comparison)
 
 
-def load_data(split, n, seed, data_dir=None):
+def load_data(split, n, seed, data_dir=None, min_objects=1, max_objects=4, scale=(0.6, 1.4)):
     """n scenes of `split` (Fashion-MNIST's train or test items): images (n, 1, 96, 96), boxes, labels."""
-    images, boxes, labels = detection_scenes(split, n, IMAGE_SIZE, MAX_OBJECTS, seed, data_dir=data_dir)
+    images, boxes, labels = detection_scenes(split, n, IMAGE_SIZE, max_objects, seed, min_objects=min_objects,
+                                             scale=scale, data_dir=data_dir)  # fmt: skip
     return torch.from_numpy(images).unsqueeze(1), boxes, labels
 
 
@@ -344,11 +360,19 @@ def predict(model, X, device, chunk=250):
 
 
 def evaluate(model, X, boxes, labels, device, nms_threshold):
-    """mAP@0.5 (VOC all-point), COCO mAP@[.5:.95] and per-class AP@0.5 of the model's detections on a scene set."""
+    """mAP@0.5 (VOC all-point), COCO mAP@[.5:.95], per-class AP@0.5 and the detections on a scene set."""
     dets = detect(predict(model, X, device), model.B, IMAGE_SIZE, EVAL_THRESHOLD, nms_threshold)
     truths = list(zip(boxes, labels))
     m50, aps = mean_ap(dets, truths, model.C)
     return m50, coco_map(dets, truths, model.C), aps, dets
+
+
+def model_from_config(config):  # for benchmarks/yolo_comparison.py: the network a checkpoint's config describes
+    return yolov1_small(dropout=config["dropout"])
+
+
+def detect_images(model, X, device, conf_threshold, nms_threshold):
+    return detect(predict(model, X, device), model.B, IMAGE_SIZE, conf_threshold, nms_threshold)
 
 
 # The schedule, as taught in 04-cnns/resnet_torch.py.
@@ -445,6 +469,11 @@ def main(argv=None) -> dict:
                    "scored each epoch (default 500; 100 with --smoke)")
     p.add_argument("--n-test", type=positive_int, default=None, help="test scenes from test items (default 2000; "
                    "200 with --smoke)")
+    p.add_argument("--min-objects", type=positive_int, default=1, help="items per scene, at least (default 1)")
+    p.add_argument("--max-objects", type=positive_int, default=4, help="items per scene, at most (default 4; the "
+                   "YOLO v3/v4 comparison uses 3 to 8)")
+    p.add_argument("--scale", type=positive_float, nargs=2, default=[0.6, 1.4], metavar=("LOW", "HIGH"),
+                   help="item side / 28 px, drawn in [LOW, HIGH] (default 0.6 1.4; the comparison: 0.35 1.2)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="scenes per step (default 16: more steps "
                    "per minute of CPU than 64)")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate of Adam (default 2e-3)")
@@ -472,6 +501,8 @@ def main(argv=None) -> dict:
     for name, (smoke, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else full)
+    if args.min_objects > args.max_objects or not 0.25 <= args.scale[0] <= args.scale[1] <= IMAGE_SIZE / 28:
+        p.error(f"need --min-objects <= --max-objects and 0.25 <= LOW <= HIGH <= {IMAGE_SIZE / 28:.2f} for --scale")
     if args.warmup_epochs > args.epochs:
         p.error(f"--warmup-epochs {args.warmup_epochs} must not exceed --epochs {args.epochs}")
     try:
@@ -493,8 +524,9 @@ def main(argv=None) -> dict:
 
     seeds = {"val": 10_000 + args.seed, "test": 20_000 + args.seed}  # training epochs use seed * 1000 + epoch
     try:
-        Xva, bva, lva = load_data("train", args.n_val, seeds["val"], args.data_dir)
-        Xte, bte, lte = load_data("test", args.n_test, seeds["test"], args.data_dir)
+        scenes = {"min_objects": args.min_objects, "max_objects": args.max_objects, "scale": tuple(args.scale)}
+        Xva, bva, lva = load_data("train", args.n_val, seeds["val"], args.data_dir, **scenes)
+        Xte, bte, lte = load_data("test", args.n_test, seeds["test"], args.data_dir, **scenes)
     except DataError as exc:
         sys.exit(f"error: {exc}")
     torch.manual_seed(args.seed)
@@ -523,7 +555,7 @@ def main(argv=None) -> dict:
         for epoch in range(start, args.epochs + 1):
             t0 = time.perf_counter()
             # augmentation: new scenes every epoch (seeded by seed and epoch alone, so --resume repeats them) ...
-            X, boxes, labels = load_data("train", args.n_train, args.seed * 1000 + epoch, args.data_dir)
+            X, boxes, labels = load_data("train", args.n_train, args.seed * 1000 + epoch, args.data_dir, **scenes)
             rng = np.random.default_rng([args.seed, epoch])
             X, boxes = hflip(X, boxes, rng.random(len(X)) < 0.5)  # ... and a horizontal flip of half of them
             T, dropped = build_targets(boxes, labels, S, IMAGE_SIZE, C)  # (n, S, S, 5 + C)
@@ -568,6 +600,7 @@ def main(argv=None) -> dict:
         sys.exit(130)
 
     test_map50, test_coco, aps, dets = evaluate(model, Xte, bte, lte, device, args.nms_threshold)  # once
+    test_small = mean_ap(dets, list(zip(bte, lte)), C, max_area=SMALL_AREA)[0]
     t0 = time.perf_counter()  # inference speed: forward passes, decoding, threshold and NMS, batches of 64
     for s in range(0, len(Xte), 64):
         detect(predict(model, Xte[s : s + 64], device), B, IMAGE_SIZE, EVAL_THRESHOLD, args.nms_threshold)
@@ -580,8 +613,9 @@ def main(argv=None) -> dict:
     with torch.device("meta"):
         paper_params = sum(w.numel() for w in yolov1().parameters())
     metrics = {"script": Path(__file__).stem, "test_map50": test_map50, "test_coco_map": test_coco,  # headline first
-               "val_map50": hist["val_map50"][-1], "inference_images_per_s": images_per_s,
-               "train_minutes": train_s / 60, "params": n_params, "init_val_map50": hist["init_val_map50"],
+               "test_small_map50": test_small, "inference_images_per_s": images_per_s,
+               "train_minutes": train_s / 60, "params": n_params, "val_map50": hist["val_map50"][-1],
+               "init_val_map50": hist["init_val_map50"],
                "dropped_object_fraction": hist["dropped_objects"] / max(1, hist["train_objects"]),
                "test_ap50_per_class": dict(zip(FASHION_MNIST_CLASSES, aps.tolist())),
                "val_coco_map": hist["val_coco"][-1], "first_loss": hist["loss"][0],

@@ -155,6 +155,29 @@ def test_ledger_renders_one_bleu_table_of_every_translation_run(tmp_path):
     assert table[3] == "| [tf.py](06-x/tf.py) | 21 | 21 |  | 12.5 | 1,234 | `python 06-x/tf.py` |" and len(table) == 4
 
 
+def test_ledger_renders_one_detection_table_of_every_detector_with_small_object_map(tmp_path):
+    """Runs that report test_small_map50 share one table, ordered by script and then the shortest command (the
+    default run before its ablations); a run without it is not in the table."""
+    results = tmp_path / "results"
+    ledger.record(fake_run(tmp_path), results_dir=results)
+    assert "## Detection" not in ledger.render(results)
+    for name, flags, m50 in [("yolo_v4", " --no-mosaic", 0.7), ("yolo_v4", "", 0.75), ("yolo_v3", "", 0.72)]:
+        run = fake_run(tmp_path, name=f"{name}{flags.replace(' ', '_')}")
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics.update(test_map50=m50, test_coco_map=0.5, test_small_map50=0.25, inference_images_per_s=812.3,
+                       params=123456, train_minutes=7.5)  # fmt: skip
+        metrics["provenance"]["command"] = f"python 04-cnns/{name}.py{flags}"
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        ledger.record(run, results_dir=results)
+    text = ledger.render(results)
+    table = text[text.index("## Detection") :].split("\n\n")[2].splitlines()
+    assert table[0].startswith("| script | mAP@0.5 (VOC) | mAP@[.5:.95] (COCO) | small mAP@0.5 | images/s |")
+    assert table[2] == "| [yolo_v3.py](04-cnns/yolo_v3.py) | 0.72 | 0.5 | 0.25 | 812.3 | 123,456 | 7.5 | " \
+        "`python 04-cnns/yolo_v3.py` |"  # fmt: skip
+    assert table[3].startswith("| [yolo_v4.py](04-cnns/yolo_v4.py) | 0.75 |") and table[3].endswith("v4.py` |")
+    assert table[4].endswith("`python 04-cnns/yolo_v4.py --no-mosaic` |") and len(table) == 5
+
+
 @pytest.mark.parametrize(
     "kind, message",
     [("smoke", "--smoke run"), ("dirty", "uncommitted changes"), ("bare", "no provenance")],

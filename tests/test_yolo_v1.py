@@ -355,3 +355,40 @@ def test_bad_flags(yolo, usage_error, argv, flag):
 
 def test_missing_data_is_one_line(yolo, missing_data_error):
     assert "fashion" in missing_data_error(yolo.main).lower()
+
+
+def test_small_object_map_ignores_large_truths_and_detections(yolo):
+    """max_area: a large truth is not counted and the detection on it is dropped (not a false positive); an
+    unmatched large detection is dropped; an unmatched small one is a false positive."""
+    truths = [(np.array([[0, 0, 10, 10], [20, 20, 50, 50.0]]), np.zeros(2, np.int64))]  # areas 100 and 900
+    ranked = np.array([[20, 20, 50, 50], [60, 60, 70, 70], [0, 0, 10, 10.0]])  # on the large one, stray, small
+    dets = [(ranked, np.array([0.9, 0.8, 0.7]), np.zeros(3, np.int64))]
+    assert yolo.mean_ap(dets, truths, 1)[0] == pytest.approx(1 / 2 + 1 / 2 * 2 / 3)  # TP, FP, TP
+    assert yolo.mean_ap(dets, truths, 1, max_area=256)[0] == pytest.approx(1 / 2)  # (dropped), FP, TP
+    stray_large = [(np.array([[60, 60, 90, 90], [0, 0, 10, 10.0]]), np.array([0.9, 0.8]), np.zeros(2, np.int64))]
+    assert yolo.mean_ap(stray_large, truths, 1, max_area=256)[0] == pytest.approx(1.0)
+    stray_small = [(np.array([[60, 60, 70, 70], [0, 0, 10, 10.0]]), np.array([0.9, 0.8]), np.zeros(2, np.int64))]
+    assert yolo.mean_ap(stray_small, truths, 1, max_area=256)[0] == pytest.approx(0.5)  # FP first, then TP
+
+
+def test_small_object_map_against_pycocotools(yolo):
+    """Random detection sets with boxes of 3 to 30 px sides: AP@0.5 on truths under 256 px^2 (101 points, COCO's
+    area-range rule) equals pycocotools' COCOeval with that area range."""
+    from coco_reference import pycocotools_ap
+
+    rng = np.random.default_rng(4)
+    for _ in range(4):
+        truths, dets = [], []
+        for _ in range(8):
+            k = rng.integers(0, 6)
+            xy = rng.uniform(0, 60, (k, 2))
+            tb, tl = np.concatenate([xy, xy + rng.uniform(3, 30, (k, 2))], 1), rng.integers(0, 3, k)
+            jitter = np.repeat(tb, 2, 0) + rng.normal(0, 1.5, (2 * k, 4))
+            jitter[:, 2:] = np.maximum(jitter[:, 2:], jitter[:, :2] + 1)  # no inverted box
+            fxy = rng.uniform(0, 60, (3, 2))
+            db = np.concatenate([jitter, np.concatenate([fxy, fxy + rng.uniform(3, 30, (3, 2))], 1)])
+            dl = np.concatenate([np.repeat(tl, 2), rng.integers(0, 3, 3)])
+            truths.append((tb, tl)), dets.append((db, rng.random(len(db)), dl))
+        ours = yolo.mean_ap(dets, truths, 3, points=101, max_area=256)[0]
+        assert ours == pytest.approx(pycocotools_ap(dets, truths, 3, area_range=(0, 256)), abs=1e-12)
+        assert yolo.mean_ap(dets, truths, 3, points=101)[0] == pytest.approx(pycocotools_ap(dets, truths, 3))
