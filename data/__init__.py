@@ -11,6 +11,7 @@ then a checksummed download).
     from data import fra_eng, tokenize_nmt, split_by_source, nmt_vocab, nmt_arrays  # translation (d2l 10.5)
     from data import shared_bpe, bpe_text, id_arrays                   # translation in shared BPE tokens
     from data import detection_scenes, extreme_points                  # synthetic detection scenes (issue 20)
+    from data import isbi2012                                          # EM membrane slices and masks (U-Net)
     from data import BPETokenizer                                          # byte-level BPE (d2l 15.6)
     from data import positive_int, positive_float, probability, save_metrics  # the command-line contract
 """
@@ -32,6 +33,7 @@ from .embeddings import (
 from .files import DataError
 from .fmnist import CLASSES as FASHION_MNIST_CLASSES
 from .fmnist import fashion_mnist
+from .membranes import isbi2012
 from .text import (
     Vocab,
     lm_batches_random,
@@ -75,6 +77,7 @@ __all__ = [
     "draw_negatives",
     "extreme_points",
     "fashion_mnist",
+    "isbi2012",
     "keep_probabilities",
     "kfold_splits",
     "lm_batches_random",
