@@ -28,7 +28,7 @@ Segmentation", MICCAI, https://arxiv.org/abs/1505.04597; I. Arganda-Carreras et 
 the creation of image segmentation algorithms for connectomics", Front. Neuroanat. (the challenge, its metrics).
 Arc: Semantic segmentation -- U-Net architecture, transpose convolutions, implement U-Net from scratch.
 
-Run:  python 04-cnns/unet_torch.py            (about 20-30 minutes on two CPU cores)
+Run:  python 04-cnns/unet_torch.py            (16 minutes on two CPU cores: 12 epochs of 70-95 s)
       python 04-cnns/unet_torch.py --smoke    (seconds: a tiny U-Net, a few steps)
       python 04-cnns/unet_torch.py --base 64 --tile 572 --epochs 40 --device cuda   (the paper's width)
 Look first at `UNet.forward` and `crop_and_concat`, then `weight_map` and `stitch` (overlap-tile).

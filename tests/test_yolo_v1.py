@@ -392,3 +392,33 @@ def test_small_object_map_against_pycocotools(yolo):
         ours = yolo.mean_ap(dets, truths, 3, points=101, max_area=256)[0]
         assert ours == pytest.approx(pycocotools_ap(dets, truths, 3, area_range=(0, 256)), abs=1e-12)
         assert yolo.mean_ap(dets, truths, 3, points=101)[0] == pytest.approx(pycocotools_ap(dets, truths, 3))
+
+
+def test_comparison_figure_counts_found_truths_by_hand(load_script):
+    """benchmarks/yolo_comparison.py's count: a detection finds the unfound truth of its class with IoU >= 0.5;
+    a wrong class, a duplicate and a loose box find nothing."""
+    found = load_script("benchmarks/yolo_comparison.py").found
+    truth = (np.array([[0, 0, 10, 10], [20, 20, 30, 30.0]]), np.array([0, 1]))
+    det = (np.array([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30], [20, 20, 40, 40.0]]),
+           np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 0, 1]))  # fmt: skip
+    assert found(det, truth) == 1  # the duplicate, the wrong class and the IoU-0.25 box find nothing
+    det[2][2] = 1
+    assert found(det, truth) == 2
+
+
+def test_comparison_figure_from_the_smoke_run(load_script, smoke, tmp_path):
+    """The figure script loads the smoke run through model_from_config and detect_images, regenerates its test
+    scenes and writes the figure; a run trained on other scenes is refused."""
+    cmp = load_script("benchmarks/yolo_comparison.py")
+    out, _ = smoke
+    counts = cmp.main(["--runs", str(out), str(out), "--n-images", "2", "--out", str(tmp_path / "c.png")])
+    assert len(counts) == 2 and counts[0] == counts[1] and (tmp_path / "c.png").stat().st_size > 10_000
+    other = tmp_path / "other"
+    other.mkdir()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt["config"]["max_objects"] += 1
+    torch.save(ckpt, other / "checkpoint.pt")
+    (other / "metrics.json").write_text((out / "metrics.json").read_text())
+    with pytest.raises(SystemExit):
+        cmp.main(["--runs", str(out), str(other), "--out", str(tmp_path / "d.png")])
+    assert not (tmp_path / "d.png").exists()
