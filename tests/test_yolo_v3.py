@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from detection_checks import check_map_against_detection_numpy, random_boxes
 
 from data import detection_scenes
 
@@ -225,12 +226,6 @@ def test_small_object_map_rule(yolo):
     assert yolo.mean_ap(dets, truths, 1)[0] == pytest.approx(4 / 15)
 
 
-def rect_boxes(rng, n, size=50):
-    xy = rng.uniform(0, size, (n, 2))
-    wh = rng.uniform(0, 20, (n, 2)) * (rng.random((n, 1)) > 0.1)  # some degenerate (zero-area) boxes
-    return np.concatenate([xy, xy + wh], 1).round(1)
-
-
 def yolo_iou(a, b):
     inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
@@ -239,7 +234,7 @@ def yolo_iou(a, b):
 
 def test_box_iou_against_brute_force_and_detection_numpy(yolo, dn):
     rng = np.random.default_rng(0)
-    a, b = rect_boxes(rng, 30), rect_boxes(rng, 20)
+    a, b = random_boxes(rng, 30), random_boxes(rng, 20)
     b[:3] = a[:3]  # identical boxes
     iou = yolo.box_iou(a, b)
     for i in range(30):
@@ -262,7 +257,7 @@ def brute_nms(boxes, scores, thr):
 def test_nms_against_brute_force_and_detection_numpy(yolo, dn):
     rng = np.random.default_rng(1)
     for _ in range(20):
-        boxes = rect_boxes(rng, 25, size=30)
+        boxes = random_boxes(rng, 25, size=30)
         scores = rng.integers(0, 8, 25).astype(float)  # ties included
         for thr in (0.0, 0.3, 0.5):
             keep = yolo.nms(boxes, scores, thr)
@@ -281,23 +276,8 @@ def test_map_on_a_hand_worked_example(yolo):
 
 
 def test_map_against_detection_numpy(yolo, dn):
-    """Random detection sets over 6 images and 3 classes: VOC all-point mAP@0.5 and COCO mAP@[.5:.95] equal the
-    reference implementation of 04-cnns/detection_numpy.py."""
-    rng = np.random.default_rng(2)
-    for _ in range(5):
-        truths, dets = [], []
-        for _ in range(6):
-            k = rng.integers(0, 5)
-            tb, tl = rect_boxes(rng, k, 60), rng.integers(0, 3, k)
-            jitter = np.repeat(tb, 2, 0) + rng.normal(0, 2, (2 * k, 4))
-            db = np.concatenate([jitter, rect_boxes(rng, 3, 60)])
-            dl = np.concatenate([np.repeat(tl, 2), rng.integers(0, 3, 3)])
-            truths.append((tb, tl)), dets.append((db, rng.random(len(db)), dl))
-        ref_dets = [{"boxes": b, "scores": s, "labels": lb} for b, s, lb in dets]
-        ref_truths = [{"boxes": b, "labels": lb} for b, lb in truths]
-        assert yolo.mean_ap(dets, truths, 3)[0] == pytest.approx(dn.mean_average_precision(
-            ref_dets, ref_truths, 0.5, "voc")[0], abs=1e-12)  # fmt: skip
-        assert yolo.coco_map(dets, truths, 3) == pytest.approx(dn.coco_map(ref_dets, ref_truths)["AP"], abs=1e-12)
+    """Random detection sets: VOC mAP@0.5 and COCO mAP@[.5:.95] equal 04-cnns/detection_numpy.py's."""
+    check_map_against_detection_numpy(yolo, dn)
 
 
 @pytest.fixture(scope="module")

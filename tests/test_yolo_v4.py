@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from detection_checks import check_map_against_detection_numpy
 
 PAPER_YOLOV4 = 64_363_101  # PyTorch ports of yolov4.cfg, 80 classes
 PAPER_CSPDARKNET53 = 27_600_000  # the paper's Table 1: 27.6M
@@ -279,19 +280,8 @@ def test_small_object_map_by_hand(yolo):
 
 
 def test_map_against_detection_numpy(yolo, dn):
-    """Random detections: VOC mAP@0.5 and COCO mAP equal 04-cnns/detection_numpy.py's."""
-    rng = np.random.default_rng(2)
-    truths, dets = [], []
-    for _ in range(6):
-        k = rng.integers(0, 5)
-        xy = rng.uniform(0, 60, (k, 2))
-        tb, tl = np.concatenate([xy, xy + rng.uniform(3, 20, (k, 2))], 1), rng.integers(0, 3, k)
-        db = np.repeat(tb, 2, 0) + rng.normal(0, 2, (2 * k, 4))
-        truths.append((tb, tl)), dets.append((db, rng.random(len(db)), np.repeat(tl, 2)))
-    ref_d = [{"boxes": b, "scores": s, "labels": lb} for b, s, lb in dets]
-    ref_t = [{"boxes": b, "labels": lb} for b, lb in truths]
-    assert yolo.mean_ap(dets, truths, 3)[0] == pytest.approx(dn.mean_average_precision(ref_d, ref_t, 0.5, "voc")[0])
-    assert yolo.coco_map(dets, truths, 3) == pytest.approx(dn.coco_map(ref_d, ref_t)["AP"])
+    """Random detection sets: VOC mAP@0.5 and COCO mAP@[.5:.95] equal 04-cnns/detection_numpy.py's."""
+    check_map_against_detection_numpy(yolo, dn)
 
 
 SMOKE = ["--smoke", "--threads", "1"]
